@@ -1,0 +1,262 @@
+//! The content-addressed blob store: one file per distinct message body, named by the SHA-256
+//! of the raw bytes, written atomically (temp file, fsync, rename, directory fsync).
+//!
+//! File layout: `TDB1`, u32 metadata length, the encoded [`MessageMeta`], then the raw message.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use crate::codec::{Reader, Writer, hex};
+use crate::error::{Error, Result};
+use crate::meta::MessageMeta;
+
+const MAGIC: &[u8; 4] = b"TDB1";
+
+/// SHA-256 of a message's raw bytes: the name of its blob.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    /// Hashes `raw`.
+    pub fn of(raw: &[u8]) -> BlobHash {
+        BlobHash(Sha256::digest(raw).into())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<BlobHash> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(BlobHash(out))
+    }
+}
+
+impl fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobHash({})", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The blob directory of a store.
+#[derive(Debug)]
+pub(crate) struct BlobStore {
+    dir: PathBuf,
+    /// Whether writes are fsynced (off only for bulk benchmarks and tests that say so).
+    sync: bool,
+    /// Distinguishes temp files of concurrent writers in one process.
+    counter: AtomicU64,
+}
+
+impl BlobStore {
+    pub(crate) fn open(dir: PathBuf, sync: bool) -> Result<Self> {
+        fs::create_dir_all(dir.join("tmp")).map_err(|e| Error::io(&dir, e))?;
+        // Leftover temp files are writes that were never acknowledged.
+        if let Ok(entries) = fs::read_dir(dir.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(BlobStore {
+            dir,
+            sync,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn path(&self, h: &BlobHash) -> PathBuf {
+        let x = h.to_hex();
+        self.dir.join(&x[..2]).join(&x[2..])
+    }
+
+    pub(crate) fn contains(&self, h: &BlobHash) -> bool {
+        self.path(h).is_file()
+    }
+
+    /// Stores `raw` (if not already there) and returns its hash and metadata.
+    pub(crate) fn put(&self, raw: &[u8]) -> Result<(BlobHash, MessageMeta)> {
+        let h = BlobHash::of(raw);
+        if self.contains(&h) {
+            if let Ok(meta) = self.verified_meta(&h) {
+                return Ok((h, meta));
+            }
+            // A damaged file under this name is replaced by the good copy we were just given.
+        }
+        let meta = MessageMeta::parse(raw);
+        self.write(&h, &meta, raw)?;
+        Ok((h, meta))
+    }
+
+    /// Stores `raw`, which a peer announced as `expected`; refuses it if the hash differs.
+    pub(crate) fn put_verified(&self, expected: &BlobHash, raw: &[u8]) -> Result<MessageMeta> {
+        if BlobHash::of(raw) != *expected {
+            return Err(Error::BlobHashMismatch {
+                expected: expected.to_hex(),
+            });
+        }
+        Ok(self.put(raw)?.1)
+    }
+
+    fn write(&self, h: &BlobHash, meta: &MessageMeta, raw: &[u8]) -> Result<()> {
+        let mut w = Writer::new();
+        w.raw(MAGIC);
+        let mut mw = Writer::new();
+        meta.encode(&mut mw);
+        w.bytes(&mw.finish());
+        let header = w.finish();
+
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}-{}-{n}", h.to_hex(), std::process::id()));
+        let res = (|| -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&header)?;
+            f.write_all(raw)?;
+            if self.sync {
+                f.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+        let dest = self.path(h);
+        let parent = dest.parent().unwrap_or(&self.dir).to_owned();
+        if !parent.is_dir() {
+            fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+            if self.sync {
+                sync_dir(&self.dir)?;
+            }
+        }
+        fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(&dest, e)
+        })?;
+        if self.sync {
+            sync_dir(&parent)?;
+        }
+        Ok(())
+    }
+
+    fn read_file(&self, h: &BlobHash) -> Result<(PathBuf, Vec<u8>)> {
+        let p = self.path(h);
+        let mut buf = Vec::new();
+        match File::open(&p) {
+            Ok(mut f) => f.read_to_end(&mut buf).map_err(|e| Error::io(&p, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::MissingBlob(h.to_hex()));
+            }
+            Err(e) => return Err(Error::io(&p, e)),
+        };
+        Ok((p, buf))
+    }
+
+    fn split<'a>(p: &Path, buf: &'a [u8]) -> Result<(&'a [u8], &'a [u8])> {
+        let mut r = Reader::new(buf, "blob header");
+        let magic = r.take(4).map_err(|e| Error::corrupt(p, e))?;
+        if magic != MAGIC {
+            return Err(Error::corrupt(p, "bad magic"));
+        }
+        let meta = r.bytes().map_err(|e| Error::corrupt(p, e))?;
+        let raw = r.take(r.remaining()).map_err(|e| Error::corrupt(p, e))?;
+        Ok((meta, raw))
+    }
+
+    /// The metadata of blob `h`.
+    pub(crate) fn meta(&self, h: &BlobHash) -> Result<MessageMeta> {
+        let (p, buf) = self.read_file(h)?;
+        let (meta, _) = Self::split(&p, &buf)?;
+        MessageMeta::decode(&mut Reader::new(meta, "message metadata")).map_err(|e| Error::corrupt(&p, e))
+    }
+
+    /// The metadata of blob `h`, after checking that the whole file is intact.
+    fn verified_meta(&self, h: &BlobHash) -> Result<MessageMeta> {
+        let (p, buf) = self.read_file(h)?;
+        let (meta, raw) = Self::split(&p, &buf)?;
+        if BlobHash::of(raw) != *h {
+            return Err(Error::corrupt(&p, "content does not match its hash"));
+        }
+        MessageMeta::decode(&mut Reader::new(meta, "message metadata")).map_err(|e| Error::corrupt(&p, e))
+    }
+
+    /// The raw message of blob `h`, verified against its hash: a truncated or damaged file is
+    /// reported as [`Error::Corrupt`], never returned.
+    pub(crate) fn raw(&self, h: &BlobHash) -> Result<Vec<u8>> {
+        let (p, buf) = self.read_file(h)?;
+        let (_, raw) = Self::split(&p, &buf)?;
+        if BlobHash::of(raw) != *h {
+            return Err(Error::corrupt(&p, "content does not match its hash (truncated?)"));
+        }
+        Ok(raw.to_vec())
+    }
+}
+
+/// fsyncs a directory so that a rename or create inside it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_once_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let bs = BlobStore::open(d.path().join("blobs"), true).unwrap();
+        let raw = b"Subject: x\r\n\r\nbody\r\n";
+        let (h, meta) = bs.put(raw).unwrap();
+        let (h2, _) = bs.put(raw).unwrap();
+        assert_eq!(h, h2);
+        assert_eq!(bs.raw(&h).unwrap(), raw);
+        assert_eq!(bs.meta(&h).unwrap(), meta);
+        assert_eq!(BlobHash::from_hex(&h.to_hex()), Some(h));
+    }
+
+    #[test]
+    fn truncated_blob_is_an_error_not_data() {
+        let d = tempfile::tempdir().unwrap();
+        let bs = BlobStore::open(d.path().join("blobs"), false).unwrap();
+        let (h, _) = bs.put(b"Subject: x\r\n\r\nsome body text\r\n").unwrap();
+        let p = bs.path(&h);
+        let len = fs::metadata(&p).unwrap().len();
+        fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 3).unwrap();
+        assert!(matches!(bs.raw(&h), Err(Error::Corrupt { .. })));
+        // Re-delivering the same bytes repairs it.
+        bs.put(b"Subject: x\r\n\r\nsome body text\r\n").unwrap();
+        assert_eq!(bs.raw(&h).unwrap(), b"Subject: x\r\n\r\nsome body text\r\n");
+    }
+
+    #[test]
+    fn wrong_hash_from_a_peer_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let bs = BlobStore::open(d.path().join("blobs"), false).unwrap();
+        let h = BlobHash::of(b"one");
+        assert!(matches!(bs.put_verified(&h, b"two"), Err(Error::BlobHashMismatch { .. })));
+        assert!(!bs.contains(&h));
+    }
+}

@@ -1,0 +1,288 @@
+//! Exchanging state between stores: what the sync layer puts on the wire, and the fix-ups
+//! (UID lifts, MODSEQ re-stamps) that keep invariants I1–I3 when a peer's changes arrive.
+//! See `spec/convergence.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use automerge::{Change, ChangeHash, ROOT, ScalarValue, transaction::Transactable};
+
+use crate::blob::BlobHash;
+use crate::clock::{Modseq, Timestamp};
+use crate::doc::{self, DocKind};
+use crate::error::{Error, Result};
+use crate::messages::next_uid;
+use crate::store::Store;
+use crate::view::Instance;
+
+impl Store {
+    /// Every document this store holds, with its heads. Two stores whose manifests are equal
+    /// hold the same state; a sync only needs to touch documents whose heads differ.
+    pub fn manifest(&self) -> Vec<(String, Vec<ChangeHash>)> {
+        self.docs.iter().map(|(k, e)| (k.clone(), e.heads.clone())).collect()
+    }
+
+    /// The heads of one document (empty if this store does not have it).
+    pub fn heads(&self, key: &str) -> Vec<ChangeHash> {
+        self.docs.get(key).map(|e| e.heads.clone()).unwrap_or_default()
+    }
+
+    /// Changes of document `key` that a peer whose heads are `have` lacks, as automerge change
+    /// bytes (causal order). Heads this store does not know are ignored, which at worst resends
+    /// changes the peer already has; applying those is a no-op.
+    pub fn changes_for(&mut self, key: &str, have: &[ChangeHash]) -> Result<Vec<Vec<u8>>> {
+        DocKind::parse(key)?;
+        if !self.docs.contains_key(key) {
+            return Ok(Vec::new());
+        }
+        let d = self.doc_mut(key)?;
+        let known: Vec<ChangeHash> = have
+            .iter()
+            .filter(|h| d.get_change_meta_by_hash(h).is_some())
+            .copied()
+            .collect();
+        Ok(d.get_changes(&known).iter().map(|c| c.raw_bytes().to_vec()).collect())
+    }
+
+    /// Applies a peer's changes to document `key`, then makes the fix-ups this node owes its
+    /// clients before anything is shown: a message that would appear below a UID this node has
+    /// shown gets a fresh UID of this node's class, and a change that would hide below a
+    /// HIGHESTMODSEQ this node has shown gets a fresh MODSEQ. Everything is journaled as one
+    /// record before the view changes.
+    ///
+    /// Malformed change bytes are refused as a whole ([`Error::BadChanges`]) and change nothing.
+    pub fn apply_changes(&mut self, key: &str, changes: Vec<Vec<u8>>, now: Timestamp) -> Result<()> {
+        let kind = DocKind::parse(key)?;
+        let decoded: Vec<Change> = changes
+            .into_iter()
+            .map(|b| {
+                Change::from_bytes(b).map_err(|e| Error::BadChanges {
+                    doc: key.to_owned(),
+                    detail: e.to_string(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let d = self.doc_mut(key)?;
+        let before = d.get_heads();
+        if let Err(e) = d.apply_changes(decoded) {
+            self.evict([key.to_owned()]);
+            return Err(Error::BadChanges {
+                doc: key.to_owned(),
+                detail: e.to_string(),
+            });
+        }
+        let applied = d.get_changes(&before);
+        if applied.is_empty() {
+            // Duplicates, or changes waiting for dependencies that have not arrived: nothing
+            // visible changed. (Waiting changes are re-sent by the peer with their
+            // dependencies; they are not journaled until they apply.)
+            return Ok(());
+        }
+        let mut record: Vec<(String, Vec<u8>)> = applied
+            .iter()
+            .map(|c| (key.to_owned(), c.raw_bytes().to_vec()))
+            .collect();
+        match kind {
+            DocKind::Registry { .. } => {
+                self.persist(record)?;
+                self.refresh_registry(key)?;
+            }
+            DocKind::Shard {
+                account, mailbox, ..
+            } => {
+                let origs: BTreeSet<u32> = applied
+                    .iter()
+                    .flat_map(crate::store::changed_keys)
+                    .filter_map(|k| doc::instance_of_key(&k))
+                    .filter(|&o| o >= 1 && doc::shard_key(&account, &mailbox, o) == key)
+                    .collect();
+                let origs: Vec<u32> = origs.into_iter().collect();
+                match self.fix_up(key, &account, &mailbox, &origs, now) {
+                    Ok(Some(local)) => record.push((key.to_owned(), local)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.evict([key.to_owned()]);
+                        return Err(e);
+                    }
+                }
+                self.persist(record)?;
+                self.refresh_instances(key, origs)?;
+            }
+        }
+        self.maybe_compact()
+    }
+
+    /// Blobs that instances here refer to but that this store does not have yet. Until its blob
+    /// arrives, an instance is not shown.
+    pub fn missing_blobs(&self) -> Vec<BlobHash> {
+        let mut v: Vec<BlobHash> = self
+            .pending
+            .iter()
+            .filter(|(_, waiting)| {
+                waiting.iter().any(|(a, m, o)| {
+                    self.accounts
+                        .get(a)
+                        .and_then(|acct| acct.mailboxes.get(m))
+                        .and_then(|mb| mb.view.instances.get(o))
+                        .is_some_and(|i| i.pending && !i.expunged)
+                })
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether this store has blob `h`.
+    pub fn has_blob(&self, h: &BlobHash) -> bool {
+        self.blobs.contains(h)
+    }
+
+    /// Stores a blob received from a peer, after checking it against `h`, and shows the
+    /// instances that were waiting for it (with the same fix-ups as a merge).
+    pub fn put_blob(&mut self, h: &BlobHash, raw: &[u8], now: Timestamp) -> Result<()> {
+        self.blobs.put_verified(h, raw)?;
+        let Some(waiting) = self.pending.remove(h) else {
+            return Ok(());
+        };
+        let mut by_shard: BTreeMap<String, (String, String, Vec<u32>)> = BTreeMap::new();
+        for (a, m, o) in waiting {
+            let key = doc::shard_key(&a, &m, o);
+            by_shard.entry(key).or_insert_with(|| (a, m, Vec::new())).2.push(o);
+        }
+        for (key, (a, m, origs)) in by_shard {
+            let local = match self.fix_up(&key, &a, &m, &origs, now) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.evict([key.clone()]);
+                    return Err(e);
+                }
+            };
+            if let Some(local) = local {
+                self.persist(vec![(key.clone(), local)])?;
+            }
+            self.refresh_instances(&key, origs)?;
+        }
+        self.maybe_compact()
+    }
+
+    /// Computes and commits (in memory) the fix-ups for instances `origs` of shard `key`, whose
+    /// document state has just changed but whose view has not been refreshed yet. Returns the
+    /// local change to journal, if any.
+    fn fix_up(&mut self, key: &str, account: &str, mailbox: &str, origs: &[u32], now: Timestamp) -> Result<Option<Vec<u8>>> {
+        let slot = self.cfg.slot;
+        let (floor, hms, mut base, olds): (u32, u64, u32, HashMap<u32, Instance>) = {
+            let view = self
+                .accounts
+                .get(account)
+                .and_then(|a| a.mailboxes.get(mailbox))
+                .map(|m| &m.view);
+            match view {
+                Some(v) => (
+                    v.floor,
+                    v.highest_modseq,
+                    v.max_uid.max(v.floor.saturating_sub(1)),
+                    origs.iter().filter_map(|o| v.instances.get(o).map(|i| (*o, i.clone()))).collect(),
+                ),
+                None => (0, 0, 0, HashMap::new()),
+            }
+        };
+        self.doc_mut(key)?;
+        let blobs = &self.blobs;
+        let news: Vec<(u32, Instance)> = {
+            let Some(d) = self.docs.get(key).and_then(|e| e.doc.as_ref()) else {
+                return Ok(None);
+            };
+            origs
+                .iter()
+                .filter_map(|&o| {
+                    let idoc = doc::read_instance(d, o);
+                    Instance::from_doc(&idoc, |h| blobs.contains(h)).map(|i| (o, i))
+                })
+                .collect()
+        };
+        let max_new = news.iter().map(|(_, i)| i.modseq).max().unwrap_or(0);
+        self.hlc.observe(Modseq(max_new.max(hms)));
+        base = base.max(news.iter().map(|(_, i)| i.uid).max().unwrap_or(0));
+
+        let mut puts: Vec<(String, ScalarValue)> = Vec::new();
+        let mut stamp: Option<u64> = None;
+        for (o, new) in &news {
+            let old = olds.get(o);
+            let shown_uid = old.filter(|i| i.visible()).map(|i| i.uid);
+            let mut lifted = false;
+            if new.visible() {
+                let appears = shown_uid.is_none();
+                let moved = shown_uid.is_some_and(|u| u != new.uid);
+                if (appears || moved) && new.uid < floor {
+                    let fresh = next_uid(base, slot).ok_or_else(|| Error::UidsExhausted(mailbox.to_owned()))?;
+                    base = fresh;
+                    puts.push((format!("{o}.u"), ScalarValue::Uint(fresh.into())));
+                    lifted = true;
+                }
+            }
+            let vanished = shown_uid.filter(|&u| lifted || u != new.uid);
+            let changed = old.is_none_or(|i| i != new);
+            let matters = new.visible() || (new.expunged && shown_uid.is_some());
+            let restamp = lifted || (changed && matters && new.modseq <= hms);
+            if vanished.is_none() && !restamp {
+                continue;
+            }
+            let s = *stamp.get_or_insert_with(|| self.hlc.tick(now).0);
+            if let Some(u) = vanished {
+                puts.push((format!("{o}.o{u}"), ScalarValue::Uint(s)));
+            }
+            if restamp {
+                puts.push((format!("{o}.m"), ScalarValue::Uint(s)));
+            }
+        }
+        if puts.is_empty() {
+            return Ok(None);
+        }
+        let d = self.doc_mut(key)?;
+        let mut tx = d.transaction();
+        for (k, v) in puts {
+            tx.put(ROOT, k, v).map_err(|e| Error::corrupt(key, e))?;
+        }
+        tx.commit_with(Store::commit_opts(now));
+        Ok(d.get_last_local_change().map(|c| c.raw_bytes().to_vec()))
+    }
+
+    /// Brings this store up to date with `other` (one direction): every document change and
+    /// every blob this store lacks. For tests, tools and embedding two replicas in one process;
+    /// across a network the sync layer does the same through [`Store::manifest`],
+    /// [`Store::changes_for`], [`Store::apply_changes`] and [`Store::put_blob`].
+    pub fn pull_from(&mut self, other: &mut Store, now: Timestamp) -> Result<()> {
+        for (key, heads) in other.manifest() {
+            if self.heads(&key) == heads {
+                continue;
+            }
+            let mine = self.heads(&key);
+            let changes = other.changes_for(&key, &mine)?;
+            self.apply_changes(&key, changes, now)?;
+        }
+        for h in self.missing_blobs() {
+            if other.has_blob(&h) {
+                let raw = other.message_bytes(&h)?;
+                self.put_blob(&h, &raw, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls in both directions until neither store has anything the other lacks.
+    pub fn sync_pair(a: &mut Store, b: &mut Store, now: Timestamp) -> Result<()> {
+        // Fix-ups made while pulling are themselves changes the other side needs; a few rounds
+        // settle it (each round's fix-ups only react to the previous round's).
+        for _ in 0..8 {
+            a.pull_from(b, now)?;
+            b.pull_from(a, now)?;
+            if a.manifest() == b.manifest() && a.missing_blobs().is_empty() && b.missing_blobs().is_empty() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
