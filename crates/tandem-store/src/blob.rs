@@ -188,7 +188,8 @@ impl BlobStore {
     pub(crate) fn meta(&self, h: &BlobHash) -> Result<MessageMeta> {
         let (p, buf) = self.read_file(h)?;
         let (meta, _) = Self::split(&p, &buf)?;
-        MessageMeta::decode(&mut Reader::new(meta, "message metadata")).map_err(|e| Error::corrupt(&p, e))
+        MessageMeta::decode(&mut Reader::new(meta, "message metadata"))
+            .map_err(|e| Error::corrupt(&p, e))
     }
 
     /// The metadata of blob `h`, after checking that the whole file is intact.
@@ -198,7 +199,8 @@ impl BlobStore {
         if BlobHash::of(raw) != *h {
             return Err(Error::corrupt(&p, "content does not match its hash"));
         }
-        MessageMeta::decode(&mut Reader::new(meta, "message metadata")).map_err(|e| Error::corrupt(&p, e))
+        MessageMeta::decode(&mut Reader::new(meta, "message metadata"))
+            .map_err(|e| Error::corrupt(&p, e))
     }
 
     /// The raw message of blob `h`, verified against its hash: a truncated or damaged file is
@@ -207,7 +209,10 @@ impl BlobStore {
         let (p, buf) = self.read_file(h)?;
         let (_, raw) = Self::split(&p, &buf)?;
         if BlobHash::of(raw) != *h {
-            return Err(Error::corrupt(&p, "content does not match its hash (truncated?)"));
+            return Err(Error::corrupt(
+                &p,
+                "content does not match its hash (truncated?)",
+            ));
         }
         Ok(raw.to_vec())
     }
@@ -244,7 +249,12 @@ mod tests {
         let (h, _) = bs.put(b"Subject: x\r\n\r\nsome body text\r\n").unwrap();
         let p = bs.path(&h);
         let len = fs::metadata(&p).unwrap().len();
-        fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 3).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
         assert!(matches!(bs.raw(&h), Err(Error::Corrupt { .. })));
         // Re-delivering the same bytes repairs it.
         bs.put(b"Subject: x\r\n\r\nsome body text\r\n").unwrap();
@@ -256,7 +266,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let bs = BlobStore::open(d.path().join("blobs"), false).unwrap();
         let h = BlobHash::of(b"one");
-        assert!(matches!(bs.put_verified(&h, b"two"), Err(Error::BlobHashMismatch { .. })));
+        assert!(matches!(
+            bs.put_verified(&h, b"two"),
+            Err(Error::BlobHashMismatch { .. })
+        ));
         assert!(!bs.contains(&h));
     }
 }

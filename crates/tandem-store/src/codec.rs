@@ -134,7 +134,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn str(&mut self) -> Result<&'a str, CodecError> {
         let at = self.pos;
         let b = self.bytes()?;
-        std::str::from_utf8(b).map_err(|_| CodecError { what: self.what, at })
+        std::str::from_utf8(b).map_err(|_| CodecError {
+            what: self.what,
+            at,
+        })
     }
 
     pub(crate) fn string(&mut self) -> Result<String, CodecError> {
@@ -169,7 +172,11 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;

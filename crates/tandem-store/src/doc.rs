@@ -49,7 +49,11 @@ pub(crate) fn valid_account(name: &str) -> bool {
 
 /// Mailbox ids: 1 to 32 characters of `[a-z0-9]`.
 pub(crate) fn valid_mailbox_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 impl DocKind {
@@ -61,7 +65,9 @@ impl DocKind {
             [account, "registry"] if valid_account(account) => Ok(DocKind::Registry {
                 account: (*account).to_owned(),
             }),
-            [account, mailbox, slot, block] if valid_account(account) && valid_mailbox_id(mailbox) => {
+            [account, mailbox, slot, block]
+                if valid_account(account) && valid_mailbox_id(mailbox) =>
+            {
                 let slot: u8 = slot.parse().map_err(|_| bad())?;
                 let block: u32 = block.parse().map_err(|_| bad())?;
                 if slot >= MAX_NODES {
@@ -268,10 +274,15 @@ pub(crate) fn read_registry(doc: &Automerge) -> RegistryDoc {
     use std::collections::BTreeMap;
     let mut out = RegistryDoc::default();
     let mut mbs: BTreeMap<String, MailboxDoc> = BTreeMap::new();
-    let keys: Vec<String> = doc.map_range(ROOT, ..).map(|i| i.key.into_owned()).collect();
+    let keys: Vec<String> = doc
+        .map_range(ROOT, ..)
+        .map(|i| i.key.into_owned())
+        .collect();
     for key in keys {
         if let Some(rest) = key.strip_prefix("mb.") {
-            let Some((id, field)) = rest.rsplit_once('.') else { continue };
+            let Some((id, field)) = rest.rsplit_once('.') else {
+                continue;
+            };
             if !valid_mailbox_id(id) {
                 continue;
             }
@@ -323,14 +334,35 @@ mod tests {
     fn doc_keys_parse() {
         assert_eq!(
             DocKind::parse("alice/registry").unwrap(),
-            DocKind::Registry { account: "alice".into() }
+            DocKind::Registry {
+                account: "alice".into()
+            }
         );
         let k = shard_key("alice", "inbox", 17);
         assert_eq!(k, "alice/inbox/0/0");
         assert_eq!(shard_key("alice", "inbox", 2), "alice/inbox/1/0");
-        assert_eq!(shard_key("alice", "inbox", 1 + 16 * 4096), "alice/inbox/0/1");
-        assert!(matches!(DocKind::parse(&k).unwrap(), DocKind::Shard { slot: 0, block: 0, .. }));
-        for bad in ["", "a", "a/b/c", "a/INBOX/0/0", "a/b/16/0", "a/b/x/0", "/registry", "a b/registry"] {
+        assert_eq!(
+            shard_key("alice", "inbox", 1 + 16 * 4096),
+            "alice/inbox/0/1"
+        );
+        assert!(matches!(
+            DocKind::parse(&k).unwrap(),
+            DocKind::Shard {
+                slot: 0,
+                block: 0,
+                ..
+            }
+        ));
+        for bad in [
+            "",
+            "a",
+            "a/b/c",
+            "a/INBOX/0/0",
+            "a/b/16/0",
+            "a/b/x/0",
+            "/registry",
+            "a b/registry",
+        ] {
             assert!(DocKind::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -117,16 +117,18 @@ impl Error {
     /// performed and can be retried once space is back (IMAP `NO`, LMTP `452`).
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Io { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(28) /* ENOSPC */ | Some(30) /* EROFS */ | Some(122) /* EDQUOT */
-            ) || matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull
-                    | std::io::ErrorKind::ReadOnlyFilesystem
-                    | std::io::ErrorKind::PermissionDenied
-                    | std::io::ErrorKind::Interrupted
-            ),
+            Error::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(28) /* ENOSPC */ | Some(30) /* EROFS */ | Some(122) /* EDQUOT */
+                ) || matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::Interrupted
+                )
+            }
             _ => false,
         }
     }

@@ -46,7 +46,9 @@ impl Flag {
         let atom_ok = !s.is_empty()
             && s.len() <= 128
             && s.bytes().all(|b| {
-                b > 0x20 && b < 0x7f && !matches!(b, b'(' | b')' | b'{' | b'"' | b'\\' | b'%' | b'*' | b']')
+                b > 0x20
+                    && b < 0x7f
+                    && !matches!(b, b'(' | b')' | b'{' | b'"' | b'\\' | b'%' | b'*' | b']')
             });
         if !atom_ok {
             return Err(Error::InvalidFlag(s.to_owned()));

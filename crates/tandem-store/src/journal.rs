@@ -48,7 +48,8 @@ impl Journal {
             file.set_len(valid).map_err(|e| Error::io(path, e))?;
             file.sync_all().map_err(|e| Error::io(path, e))?;
         }
-        file.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, e))?;
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(path, e))?;
         Ok((
             Journal {
                 path: path.to_owned(),
@@ -77,7 +78,10 @@ impl Journal {
         }
         let payload = w.finish();
         if payload.len() > MAX_RECORD {
-            return Err(Error::io(&self.path, std::io::Error::other("record too large")));
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::other("record too large"),
+            ));
         }
         let mut out = Writer::new();
         out.u32(payload.len() as u32);
@@ -200,7 +204,11 @@ mod tests {
     fn appends_after_reopen() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("j");
-        Journal::open(&p, false).unwrap().0.append(&rec("a", b"1")).unwrap();
+        Journal::open(&p, false)
+            .unwrap()
+            .0
+            .append(&rec("a", b"1"))
+            .unwrap();
         let (mut j, _) = Journal::open(&p, false).unwrap();
         j.append(&rec("b", b"2")).unwrap();
         assert_eq!(j.records().unwrap().len(), 2);

@@ -7,7 +7,7 @@ use crate::clock::Timestamp;
 use crate::doc::{self, registry_key};
 use crate::error::{Error, Result};
 use crate::name::MailboxName;
-use crate::store::{StoreEvent, Store};
+use crate::store::{Store, StoreEvent};
 use crate::{MailboxId, MailboxInfo, SpecialUse};
 
 /// UIDVALIDITY generation of INBOX and of the default special-use mailboxes.
@@ -34,7 +34,11 @@ impl Store {
         if !doc::valid_account(account) {
             return Err(Error::InvalidAccountName(account.to_owned()));
         }
-        if self.accounts.get(account).is_some_and(|a| a.mailboxes.contains_key("inbox")) {
+        if self
+            .accounts
+            .get(account)
+            .is_some_and(|a| a.mailboxes.contains_key("inbox"))
+        {
             return Ok(());
         }
         let stamp = self.hlc.tick(now).0 as i64;
@@ -76,7 +80,9 @@ impl Store {
         let acct = self.account(account)?;
         let mut out = Vec::new();
         for (name, id) in &acct.names {
-            let Some(m) = acct.mailboxes.get(id) else { continue };
+            let Some(m) = acct.mailboxes.get(id) else {
+                continue;
+            };
             let Some(d) = &m.doc else { continue };
             let mn = MailboxName::trusted(name.clone());
             let has_children = acct
@@ -99,11 +105,22 @@ impl Store {
 
     /// Names subscribed to (they need not exist, RFC 3501 6.3.6).
     pub fn subscriptions(&self, account: &str) -> Result<Vec<String>> {
-        Ok(self.account(account)?.registry.subscriptions.iter().cloned().collect())
+        Ok(self
+            .account(account)?
+            .registry
+            .subscriptions
+            .iter()
+            .cloned()
+            .collect())
     }
 
     /// Creates mailbox `name`, and any missing parents (RFC 3501 6.3.3).
-    pub fn create_mailbox(&mut self, account: &str, name: &str, now: Timestamp) -> Result<MailboxId> {
+    pub fn create_mailbox(
+        &mut self,
+        account: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<MailboxId> {
         let name = MailboxName::new(name)?;
         let acct = self.account(account)?;
         if acct.names.contains_key(name.as_str()) {
@@ -128,7 +145,13 @@ impl Store {
 
     /// Renames mailbox `from` to `to`; its children follow (RFC 3501 6.3.5). The mailbox keeps
     /// its id, UIDs and — unless `to` was used by another mailbox before — its UIDVALIDITY.
-    pub fn rename_mailbox(&mut self, account: &str, from: &str, to: &str, now: Timestamp) -> Result<()> {
+    pub fn rename_mailbox(
+        &mut self,
+        account: &str,
+        from: &str,
+        to: &str,
+        now: Timestamp,
+    ) -> Result<()> {
         let from = MailboxName::new(from)?;
         let to = MailboxName::new(to)?;
         if from.is_inbox() {
@@ -161,7 +184,9 @@ impl Store {
             .collect();
         for (id, old) in moving {
             let new = old.reparent(&from, &to)?;
-            let Some(d) = acct.mailboxes.get(&id).and_then(|m| m.doc.as_ref()) else { continue };
+            let Some(d) = acct.mailboxes.get(&id).and_then(|m| m.doc.as_ref()) else {
+                continue;
+            };
             let hw = high_water(acct, new.as_str());
             let mut uv = d.uidvalidity;
             if uv <= hw {
@@ -224,7 +249,10 @@ impl Store {
         let mut touched = Vec::new();
         let mut by_shard: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
         for o in live {
-            by_shard.entry(doc::shard_key(account, &id, o)).or_default().push(o);
+            by_shard
+                .entry(doc::shard_key(account, &id, o))
+                .or_default()
+                .push(o);
         }
         for (key, origs) in &by_shard {
             let d = self.doc_mut(key)?;
@@ -257,16 +285,32 @@ impl Store {
     }
 
     /// Subscribes to or unsubscribes from `name` (which need not exist).
-    pub fn set_subscribed(&mut self, account: &str, name: &str, on: bool, now: Timestamp) -> Result<()> {
+    pub fn set_subscribed(
+        &mut self,
+        account: &str,
+        name: &str,
+        on: bool,
+        now: Timestamp,
+    ) -> Result<()> {
         let name = MailboxName::new(name)?;
         self.account(account)?;
         let s = self.hlc.tick(now).0 as i64;
         let v = if on { s } else { -s };
-        self.registry_write(account, vec![(format!("sub.{name}"), ScalarValue::Int(v))], now)
+        self.registry_write(
+            account,
+            vec![(format!("sub.{name}"), ScalarValue::Int(v))],
+            now,
+        )
     }
 
     /// Sets or clears the special-use role of mailbox `name` (RFC 6154).
-    pub fn set_role(&mut self, account: &str, name: &str, role: Option<SpecialUse>, now: Timestamp) -> Result<()> {
+    pub fn set_role(
+        &mut self,
+        account: &str,
+        name: &str,
+        role: Option<SpecialUse>,
+        now: Timestamp,
+    ) -> Result<()> {
         let id = self.mailbox_id(account, name)?;
         let v = role.map_or("", |r| r.as_str());
         self.registry_write(account, vec![(format!("mb.{}.r", id.0), v.into())], now)

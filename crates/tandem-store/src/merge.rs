@@ -18,12 +18,18 @@ impl Store {
     /// Every document this store holds, with its heads. Two stores whose manifests are equal
     /// hold the same state; a sync only needs to touch documents whose heads differ.
     pub fn manifest(&self) -> Vec<(String, Vec<ChangeHash>)> {
-        self.docs.iter().map(|(k, e)| (k.clone(), e.heads.clone())).collect()
+        self.docs
+            .iter()
+            .map(|(k, e)| (k.clone(), e.heads.clone()))
+            .collect()
     }
 
     /// The heads of one document (empty if this store does not have it).
     pub fn heads(&self, key: &str) -> Vec<ChangeHash> {
-        self.docs.get(key).map(|e| e.heads.clone()).unwrap_or_default()
+        self.docs
+            .get(key)
+            .map(|e| e.heads.clone())
+            .unwrap_or_default()
     }
 
     /// Changes of document `key` that a peer whose heads are `have` lacks, as automerge change
@@ -40,7 +46,10 @@ impl Store {
             .filter(|h| d.get_change_meta_by_hash(h).is_some())
             .copied()
             .collect();
-        Ok(d.get_changes(&known).iter().map(|c| c.raw_bytes().to_vec()).collect())
+        Ok(d.get_changes(&known)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect())
     }
 
     /// Applies a peer's changes to document `key`, then makes the fix-ups this node owes its
@@ -50,7 +59,12 @@ impl Store {
     /// record before the view changes.
     ///
     /// Malformed change bytes are refused as a whole ([`Error::BadChanges`]) and change nothing.
-    pub fn apply_changes(&mut self, key: &str, changes: Vec<Vec<u8>>, now: Timestamp) -> Result<()> {
+    pub fn apply_changes(
+        &mut self,
+        key: &str,
+        changes: Vec<Vec<u8>>,
+        now: Timestamp,
+    ) -> Result<()> {
         let kind = DocKind::parse(key)?;
         let decoded: Vec<Change> = changes
             .into_iter()
@@ -150,7 +164,11 @@ impl Store {
         let mut by_shard: BTreeMap<String, (String, String, Vec<u32>)> = BTreeMap::new();
         for (a, m, o) in waiting {
             let key = doc::shard_key(&a, &m, o);
-            by_shard.entry(key).or_insert_with(|| (a, m, Vec::new())).2.push(o);
+            by_shard
+                .entry(key)
+                .or_insert_with(|| (a, m, Vec::new()))
+                .2
+                .push(o);
         }
         for (key, (a, m, origs)) in by_shard {
             let local = match self.fix_up(&key, &a, &m, &origs, now) {
@@ -171,7 +189,14 @@ impl Store {
     /// Computes and commits (in memory) the fix-ups for instances `origs` of shard `key`, whose
     /// document state has just changed but whose view has not been refreshed yet. Returns the
     /// local change to journal, if any.
-    fn fix_up(&mut self, key: &str, account: &str, mailbox: &str, origs: &[u32], now: Timestamp) -> Result<Option<Vec<u8>>> {
+    fn fix_up(
+        &mut self,
+        key: &str,
+        account: &str,
+        mailbox: &str,
+        origs: &[u32],
+        now: Timestamp,
+    ) -> Result<Option<Vec<u8>>> {
         let slot = self.cfg.slot;
         let (floor, hms, mut base, olds): (u32, u64, u32, HashMap<u32, Instance>) = {
             let view = self
@@ -184,7 +209,10 @@ impl Store {
                     v.floor,
                     v.highest_modseq,
                     v.max_uid.max(v.floor.saturating_sub(1)),
-                    origs.iter().filter_map(|o| v.instances.get(o).map(|i| (*o, i.clone()))).collect(),
+                    origs
+                        .iter()
+                        .filter_map(|o| v.instances.get(o).map(|i| (*o, i.clone())))
+                        .collect(),
                 ),
                 None => (0, 0, 0, HashMap::new()),
             }
@@ -217,7 +245,8 @@ impl Store {
                 let appears = shown_uid.is_none();
                 let moved = shown_uid.is_some_and(|u| u != new.uid);
                 if (appears || moved) && new.uid < floor {
-                    let fresh = next_uid(base, slot).ok_or_else(|| Error::UidsExhausted(mailbox.to_owned()))?;
+                    let fresh = next_uid(base, slot)
+                        .ok_or_else(|| Error::UidsExhausted(mailbox.to_owned()))?;
                     base = fresh;
                     puts.push((format!("{o}.u"), ScalarValue::Uint(fresh.into())));
                     lifted = true;
@@ -279,7 +308,10 @@ impl Store {
         for _ in 0..8 {
             a.pull_from(b, now)?;
             b.pull_from(a, now)?;
-            if a.manifest() == b.manifest() && a.missing_blobs().is_empty() && b.missing_blobs().is_empty() {
+            if a.manifest() == b.manifest()
+                && a.missing_blobs().is_empty()
+                && b.missing_blobs().is_empty()
+            {
                 return Ok(());
             }
         }

@@ -33,10 +33,20 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub(crate) fn put(&mut self, account: &str, mailbox: &str, orig: u32, field: String, v: ScalarValue) {
+    pub(crate) fn put(
+        &mut self,
+        account: &str,
+        mailbox: &str,
+        orig: u32,
+        field: String,
+        v: ScalarValue,
+    ) {
         let key = doc::shard_key(account, mailbox, orig);
         self.touched.entry(key.clone()).or_default().insert(orig);
-        self.puts.entry(key).or_default().push((format!("{orig}.{field}"), v));
+        self.puts
+            .entry(key)
+            .or_default()
+            .push((format!("{orig}.{field}"), v));
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -84,7 +94,8 @@ impl Store {
             internal_date,
         };
         let mut out = self.append_batch(account, mailbox, &[msg], now)?;
-        out.pop().ok_or_else(|| Error::NoSuchMailbox(mailbox.0.clone()))
+        out.pop()
+            .ok_or_else(|| Error::NoSuchMailbox(mailbox.0.clone()))
     }
 
     /// Appends several messages as one durable step (one journal fsync): for imports.
@@ -117,7 +128,8 @@ impl Store {
         let mut batch = Batch::default();
         let mut out = Vec::with_capacity(msgs.len());
         for (m, (blob, size)) in msgs.iter().zip(stored) {
-            let uid = next_uid(base, self.cfg.slot).ok_or_else(|| Error::UidsExhausted(mailbox.0.clone()))?;
+            let uid = next_uid(base, self.cfg.slot)
+                .ok_or_else(|| Error::UidsExhausted(mailbox.0.clone()))?;
             base = uid;
             let c = Creation {
                 blob,
@@ -125,9 +137,21 @@ impl Store {
                 modseq: modseq.0,
                 size,
             };
-            batch.put(account, &mailbox.0, uid, "c".into(), ScalarValue::Bytes(c.encode()));
+            batch.put(
+                account,
+                &mailbox.0,
+                uid,
+                "c".into(),
+                ScalarValue::Bytes(c.encode()),
+            );
             for f in m.flags.iter().collect::<FlagSet>().iter() {
-                batch.put(account, &mailbox.0, uid, format!("f{f}"), ScalarValue::Int(modseq.0 as i64));
+                batch.put(
+                    account,
+                    &mailbox.0,
+                    uid,
+                    format!("f{f}"),
+                    ScalarValue::Int(modseq.0 as i64),
+                );
             }
             out.push(AppendOutcome {
                 uidvalidity,
@@ -159,18 +183,40 @@ impl Store {
         {
             let (_, view) = self.writable(account, mailbox)?;
             for &uid in uids {
-                let Some((orig, inst)) = view.by_uid(uid) else { continue };
+                let Some((orig, inst)) = view.by_uid(uid) else {
+                    continue;
+                };
                 if unchanged_since.is_some_and(|u| inst.modseq > u.0) {
                     modified.push(uid);
                     continue;
                 }
                 let mut changes = Vec::new();
                 match op {
-                    FlagOp::Add => changes.extend(wanted.iter().filter(|f| !inst.flags.contains(f)).map(|f| (f, true))),
-                    FlagOp::Remove => changes.extend(wanted.iter().filter(|f| inst.flags.contains(f)).map(|f| (f, false))),
+                    FlagOp::Add => changes.extend(
+                        wanted
+                            .iter()
+                            .filter(|f| !inst.flags.contains(f))
+                            .map(|f| (f, true)),
+                    ),
+                    FlagOp::Remove => changes.extend(
+                        wanted
+                            .iter()
+                            .filter(|f| inst.flags.contains(f))
+                            .map(|f| (f, false)),
+                    ),
                     FlagOp::Replace => {
-                        changes.extend(wanted.iter().filter(|f| !inst.flags.contains(f)).map(|f| (f, true)));
-                        changes.extend(inst.flags.iter().filter(|f| !wanted.contains(f)).map(|f| (f, false)));
+                        changes.extend(
+                            wanted
+                                .iter()
+                                .filter(|f| !inst.flags.contains(f))
+                                .map(|f| (f, true)),
+                        );
+                        changes.extend(
+                            inst.flags
+                                .iter()
+                                .filter(|f| !wanted.contains(f))
+                                .map(|f| (f, false)),
+                        );
                     }
                 }
                 if !changes.is_empty() {
@@ -184,7 +230,13 @@ impl Store {
             let mut batch = Batch::default();
             for (uid, orig, changes) in plan {
                 for (f, set) in changes {
-                    batch.put(account, &mailbox.0, orig, format!("f{f}"), ScalarValue::Int(if set { m } else { -m }));
+                    batch.put(
+                        account,
+                        &mailbox.0,
+                        orig,
+                        format!("f{f}"),
+                        ScalarValue::Int(if set { m } else { -m }),
+                    );
                 }
                 updated_uids.push(uid);
             }
@@ -199,10 +251,18 @@ impl Store {
     }
 
     /// Expunges the messages with `uids`; returns the UIDs that were expunged.
-    pub fn expunge(&mut self, account: &str, mailbox: &MailboxId, uids: &[u32], now: Timestamp) -> Result<Vec<u32>> {
+    pub fn expunge(
+        &mut self,
+        account: &str,
+        mailbox: &MailboxId,
+        uids: &[u32],
+        now: Timestamp,
+    ) -> Result<Vec<u32>> {
         let targets: Vec<(u32, u32)> = {
             let (_, view) = self.writable(account, mailbox)?;
-            uids.iter().filter_map(|&u| view.by_uid(u).map(|(o, _)| (u, o))).collect()
+            uids.iter()
+                .filter_map(|&u| view.by_uid(u).map(|(o, _)| (u, o)))
+                .collect()
         };
         if targets.is_empty() {
             return Ok(Vec::new());
@@ -218,13 +278,27 @@ impl Store {
 
     /// Copies the messages with `uids` from `from` into `to` (RFC 3501 COPY; the response data
     /// of UIDPLUS COPYUID). Bodies are not copied: both instances name the same blob.
-    pub fn copy(&mut self, account: &str, from: &MailboxId, uids: &[u32], to: &MailboxId, now: Timestamp) -> Result<CopyOutcome> {
+    pub fn copy(
+        &mut self,
+        account: &str,
+        from: &MailboxId,
+        uids: &[u32],
+        to: &MailboxId,
+        now: Timestamp,
+    ) -> Result<CopyOutcome> {
         self.copy_or_move(account, from, uids, to, false, now)
     }
 
     /// Moves the messages with `uids` from `from` to `to` (RFC 6851): a copy and an expunge in
     /// one durable step.
-    pub fn move_messages(&mut self, account: &str, from: &MailboxId, uids: &[u32], to: &MailboxId, now: Timestamp) -> Result<CopyOutcome> {
+    pub fn move_messages(
+        &mut self,
+        account: &str,
+        from: &MailboxId,
+        uids: &[u32],
+        to: &MailboxId,
+        now: Timestamp,
+    ) -> Result<CopyOutcome> {
         self.copy_or_move(account, from, uids, to, true, now)
     }
 
@@ -248,13 +322,17 @@ impl Store {
             (uv, view.max_uid.max(view.floor.saturating_sub(1)))
         };
         if sources.is_empty() {
-            return Ok(CopyOutcome { uidvalidity, pairs: Vec::new() });
+            return Ok(CopyOutcome {
+                uidvalidity,
+                pairs: Vec::new(),
+            });
         }
         let m = self.hlc.tick(now);
         let mut batch = Batch::default();
         let mut pairs = Vec::new();
         for (uid, orig, inst) in sources {
-            let new = next_uid(base, self.cfg.slot).ok_or_else(|| Error::UidsExhausted(to.0.clone()))?;
+            let new =
+                next_uid(base, self.cfg.slot).ok_or_else(|| Error::UidsExhausted(to.0.clone()))?;
             base = new;
             let c = Creation {
                 blob: inst.blob,
@@ -262,9 +340,21 @@ impl Store {
                 modseq: m.0,
                 size: inst.size,
             };
-            batch.put(account, &to.0, new, "c".into(), ScalarValue::Bytes(c.encode()));
+            batch.put(
+                account,
+                &to.0,
+                new,
+                "c".into(),
+                ScalarValue::Bytes(c.encode()),
+            );
             for f in inst.flags.iter() {
-                batch.put(account, &to.0, new, format!("f{f}"), ScalarValue::Int(m.0 as i64));
+                batch.put(
+                    account,
+                    &to.0,
+                    new,
+                    format!("f{f}"),
+                    ScalarValue::Int(m.0 as i64),
+                );
             }
             if expunge {
                 batch.put(account, &from.0, orig, "x".into(), ScalarValue::Uint(m.0));
@@ -328,7 +418,10 @@ impl Store {
     pub fn status(&self, account: &str, mailbox: &MailboxId) -> Result<MailboxStatus> {
         let (uidvalidity, v) = self.writable(account, mailbox)?;
         let exists = v.by_uid.len() as u32;
-        let unseen = v.visible().filter(|(_, i)| !i.flags.contains(&Flag::Seen)).count() as u32;
+        let unseen = v
+            .visible()
+            .filter(|(_, i)| !i.flags.contains(&Flag::Seen))
+            .count() as u32;
         let name = self
             .account(account)?
             .mailboxes
@@ -348,22 +441,38 @@ impl Store {
 
     /// UIDs of the messages in the mailbox, ascending (message sequence number = index + 1).
     pub fn uids(&self, account: &str, mailbox: &MailboxId) -> Result<Vec<u32>> {
-        Ok(self.view(account, mailbox)?.by_uid.keys().copied().collect())
+        Ok(self
+            .view(account, mailbox)?
+            .by_uid
+            .keys()
+            .copied()
+            .collect())
     }
 
     /// One message by UID.
     pub fn message(&self, account: &str, mailbox: &MailboxId, uid: u32) -> Result<MessageInfo> {
         let v = self.view(account, mailbox)?;
-        v.by_uid(uid).map(|(_, i)| info(uid, i)).ok_or(Error::NoSuchMessage(uid))
+        v.by_uid(uid)
+            .map(|(_, i)| info(uid, i))
+            .ok_or(Error::NoSuchMessage(uid))
     }
 
     /// Every message of the mailbox, in UID order.
     pub fn messages(&self, account: &str, mailbox: &MailboxId) -> Result<Vec<MessageInfo>> {
-        Ok(self.view(account, mailbox)?.visible().map(|(u, i)| info(u, i)).collect())
+        Ok(self
+            .view(account, mailbox)?
+            .visible()
+            .map(|(u, i)| info(u, i))
+            .collect())
     }
 
     /// Messages whose MODSEQ is greater than `since` (CONDSTORE CHANGEDSINCE), in UID order.
-    pub fn changed_since(&self, account: &str, mailbox: &MailboxId, since: Modseq) -> Result<Vec<MessageInfo>> {
+    pub fn changed_since(
+        &self,
+        account: &str,
+        mailbox: &MailboxId,
+        since: Modseq,
+    ) -> Result<Vec<MessageInfo>> {
         Ok(self
             .view(account, mailbox)?
             .visible()
@@ -374,7 +483,12 @@ impl Store {
 
     /// UIDs that stopped naming a message after `since` (QRESYNC VANISHED): expunged messages,
     /// and UIDs a message was shown under before it was renumbered. Ascending, no duplicates.
-    pub fn vanished_since(&self, account: &str, mailbox: &MailboxId, since: Modseq) -> Result<Vec<u32>> {
+    pub fn vanished_since(
+        &self,
+        account: &str,
+        mailbox: &MailboxId,
+        since: Modseq,
+    ) -> Result<Vec<u32>> {
         let v = self.view(account, mailbox)?;
         let mut out: Vec<u32> = Vec::new();
         for i in v.instances.values() {

@@ -473,7 +473,10 @@ mod tests {
         assert_eq!(m.envelope.from[0].host.as_deref(), Some("example.org"));
         assert_eq!(m.envelope.sender, m.envelope.from);
         assert_eq!(m.envelope.to.len(), 2);
-        assert_eq!((m.root.ctype.as_str(), m.root.subtype.as_str()), ("text", "plain"));
+        assert_eq!(
+            (m.root.ctype.as_str(), m.root.subtype.as_str()),
+            ("text", "plain")
+        );
         let body = &SIMPLE[m.root.body_offset as usize..m.root.end_offset as usize];
         assert_eq!(body, b"Hi Bob,\r\nsecond line\r\n");
         assert_eq!(m.root.lines, 2);
@@ -491,7 +494,10 @@ mod tests {
             b"see attached"
         );
         let rfc822 = &m.root.children[1];
-        assert_eq!((rfc822.ctype.as_str(), rfc822.subtype.as_str()), ("message", "rfc822"));
+        assert_eq!(
+            (rfc822.ctype.as_str(), rfc822.subtype.as_str()),
+            ("message", "rfc822")
+        );
         let (env, inner) = rfc822.message.as_deref().expect("inner message");
         assert_eq!(env.subject.as_deref(), Some("inner"));
         assert_eq!(

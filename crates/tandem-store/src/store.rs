@@ -306,7 +306,11 @@ impl Store {
             sync_dir(&new_dir)?;
             sync_dir(&self.dir.join("state"))?;
         }
-        write_file(&self.dir.join("CURRENT.tmp"), new.to_string().as_bytes(), self.cfg.durable)?;
+        write_file(
+            &self.dir.join("CURRENT.tmp"),
+            new.to_string().as_bytes(),
+            self.cfg.durable,
+        )?;
         let cur = self.dir.join("CURRENT");
         fs::rename(self.dir.join("CURRENT.tmp"), &cur).map_err(|e| Error::io(&cur, e))?;
         if self.cfg.durable {
@@ -374,7 +378,10 @@ impl Store {
         let mut r = Reader::new(body, "view snapshot");
         let parsed = (|| -> std::result::Result<(), crate::codec::CodecError> {
             if r.take(8)? != VIEW_MAGIC {
-                return Err(crate::codec::CodecError { what: "view magic", at: 0 });
+                return Err(crate::codec::CodecError {
+                    what: "view magic",
+                    at: 0,
+                });
             }
             let nd = r.count(8)?;
             for _ in 0..nd {
@@ -438,9 +445,8 @@ impl Store {
         let mut touched: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         for rec in records {
             for (key, bytes) in rec {
-                let change = Change::from_bytes(bytes).map_err(|e| {
-                    Error::corrupt(journal_path(&self.dir, self.epoch), e)
-                })?;
+                let change = Change::from_bytes(bytes)
+                    .map_err(|e| Error::corrupt(journal_path(&self.dir, self.epoch), e))?;
                 let kind = DocKind::parse(&key)?;
                 let origs = changed_keys(&change);
                 let d = self.doc_mut(&key)?;
@@ -514,7 +520,10 @@ impl Store {
             };
             if inst.pending && !inst.expunged {
                 let waiting = self.pending.entry(inst.blob).or_default();
-                if !waiting.iter().any(|(a, m, x)| *x == o && *a == account && *m == mailbox) {
+                if !waiting
+                    .iter()
+                    .any(|(a, m, x)| *x == o && *a == account && *m == mailbox)
+                {
                     waiting.push((account.clone(), mailbox.clone(), o));
                 }
             }
@@ -595,7 +604,10 @@ fn journal_path(dir: &Path, epoch: u64) -> PathBuf {
 fn read_current(dir: &Path) -> Result<u64> {
     let p = dir.join("CURRENT");
     match fs::read_to_string(&p) {
-        Ok(s) => s.trim().parse().map_err(|_| Error::corrupt(&p, "not a number")),
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| Error::corrupt(&p, "not a number")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(Error::io(&p, e)),
     }
@@ -653,7 +665,10 @@ fn node_identity(dir: &Path, cfg: &StoreConfig) -> Result<ActorId> {
             if let Some(a) = cfg.actor
                 && a[..] != b[1..]
             {
-                return Err(Error::corrupt(&p, "store was created with another actor id"));
+                return Err(Error::corrupt(
+                    &p,
+                    "store was created with another actor id",
+                ));
             }
             Ok(ActorId::from(&b[1..]))
         }

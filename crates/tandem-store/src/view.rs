@@ -32,7 +32,10 @@ impl Instance {
 
     /// Builds the view of an instance from its document state; `None` while its creation record
     /// has not arrived (a flag change can arrive before the message it belongs to).
-    pub(crate) fn from_doc(d: &InstanceDoc, blob_present: impl Fn(&BlobHash) -> bool) -> Option<Instance> {
+    pub(crate) fn from_doc(
+        d: &InstanceDoc,
+        blob_present: impl Fn(&BlobHash) -> bool,
+    ) -> Option<Instance> {
         let c: Creation = d.creation?;
         let flags = d
             .flags
