@@ -95,11 +95,11 @@ impl BlobStore {
     /// Stores `raw` (if not already there) and returns its hash and metadata.
     pub(crate) fn put(&self, raw: &[u8]) -> Result<(BlobHash, MessageMeta)> {
         let h = BlobHash::of(raw);
-        if self.contains(&h) {
-            if let Ok(meta) = self.verified_meta(&h) {
-                return Ok((h, meta));
-            }
-            // A damaged file under this name is replaced by the good copy we were just given.
+        // A damaged file under this name is replaced by the good copy we were just given.
+        if self.contains(&h)
+            && let Ok(meta) = self.verified_meta(&h)
+        {
+            return Ok((h, meta));
         }
         let meta = MessageMeta::parse(raw);
         self.write(&h, &meta, raw)?;

@@ -239,7 +239,9 @@ impl Store {
                 m.view
                     .instances
                     .iter()
-                    .filter(|(_, i)| !i.expunged)
+                    // Only what this node has shown: a message still waiting for its body was
+                    // never seen by whoever deletes, so it survives in a recovery folder (I6).
+                    .filter(|(_, i)| i.visible())
                     .map(|(o, _)| *o)
                     .collect()
             })

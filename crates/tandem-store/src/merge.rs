@@ -14,6 +14,10 @@ use crate::messages::next_uid;
 use crate::store::Store;
 use crate::view::Instance;
 
+/// See [`Store::fix_up`]: how far above everything known the first lift of a batch lands, per
+/// slot rank.
+const LIFT_GAP: u32 = 4096;
+
 impl Store {
     /// Every document this store holds, with its heads. Two stores whose manifests are equal
     /// hold the same state; a sync only needs to touch documents whose heads differ.
@@ -234,6 +238,12 @@ impl Store {
         let max_new = news.iter().map(|(_, i)| i.modseq).max().unwrap_or(0);
         self.hlc.observe(Modseq(max_new.max(hms)));
         base = base.max(news.iter().map(|(_, i)| i.uid).max().unwrap_or(0));
+        // The first lift of a batch jumps above everything known by a gap that grows with the
+        // slot. Two nodes that lift concurrently from the same knowledge then place their lifts
+        // in disjoint, slot-ordered ranges: the lower slot sees the higher slot's lifts above
+        // its own and accepts them, the higher slot re-lifts the lower's once, and it settles.
+        // Without the gap, crossing lifts can push each other below the other's floor forever.
+        let mut gap = LIFT_GAP * (slot as u32 + 1);
 
         let mut puts: Vec<(String, ScalarValue)> = Vec::new();
         let mut stamp: Option<u64> = None;
@@ -245,15 +255,24 @@ impl Store {
                 let appears = shown_uid.is_none();
                 let moved = shown_uid.is_some_and(|u| u != new.uid);
                 if (appears || moved) && new.uid < floor {
-                    let fresh = next_uid(base, slot)
+                    let fresh = next_uid(base.saturating_add(std::mem::take(&mut gap)), slot)
                         .ok_or_else(|| Error::UidsExhausted(mailbox.to_owned()))?;
                     base = fresh;
                     puts.push((format!("{o}.u"), ScalarValue::Uint(fresh.into())));
                     lifted = true;
                 }
             }
-            let vanished = shown_uid.filter(|&u| lifted || u != new.uid);
-            let changed = old.is_none_or(|i| i != new);
+            // The UID this node has reported for the instance, as a message or as expunged.
+            let reported = old.filter(|i| !i.pending || i.expunged).map(|i| i.uid);
+            let vanished = reported.filter(|&u| lifted || u != new.uid);
+            // A change clients must be told about: not a bare MODSEQ difference (a peer's own
+            // re-stamp), or re-stamps would answer each other forever.
+            let changed = old.is_none_or(|i| {
+                i.flags != new.flags
+                    || i.uid != new.uid
+                    || i.expunged != new.expunged
+                    || i.pending != new.pending
+            });
             let matters = new.visible() || (new.expunged && shown_uid.is_some());
             let restamp = lifted || (changed && matters && new.modseq <= hms);
             if vanished.is_none() && !restamp {

@@ -178,7 +178,9 @@ impl Store {
         now: Timestamp,
     ) -> Result<StoreOutcome> {
         let wanted: FlagSet = flags.iter().collect();
-        let mut plan: Vec<(u32, u32, Vec<(Flag, bool)>)> = Vec::new();
+        // (uid, original uid, flags to set (true) or clear (false))
+        type Plan = Vec<(u32, u32, Vec<(Flag, bool)>)>;
+        let mut plan: Plan = Vec::new();
         let mut modified = Vec::new();
         {
             let (_, view) = self.writable(account, mailbox)?;

@@ -79,7 +79,9 @@ impl MailboxView {
     /// Replaces the state of instance `orig`; returns the previous one.
     pub(crate) fn set(&mut self, orig: u32, inst: Instance) -> Option<Instance> {
         self.max_uid = self.max_uid.max(inst.uid);
-        if !inst.pending {
+        // Expunged instances count even without their body: they will never be shown, and
+        // counting them makes every node that has the same history show the same UIDNEXT.
+        if !inst.pending || inst.expunged {
             self.floor = self.floor.max(inst.uid.saturating_add(1));
         }
         self.highest_modseq = self.highest_modseq.max(inst.modseq);

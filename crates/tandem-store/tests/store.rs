@@ -1,5 +1,7 @@
 //! Scenario tests of the store's public API: one behaviour per test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use tandem_store::{
     Error, Flag, FlagOp, MailboxId, Modseq, SpecialUse, Store, StoreConfig, Timestamp,
 };
