@@ -436,14 +436,29 @@ impl Store {
                 self.refresh_instances(&key, origs)?;
             }
         }
+        // Which instances were shown before is lost with the snapshot: assume every one whose
+        // body is here was, which can only cause extra lifts, never a UID below a shown UIDNEXT.
+        for acct in self.accounts.values_mut() {
+            for mb in acct.mailboxes.values_mut() {
+                let v = &mut mb.view;
+                let shown = v
+                    .instances
+                    .values()
+                    .filter(|i| !i.pending)
+                    .map(|i| i.uid.saturating_add(1));
+                v.floor = shown.fold(v.floor, u32::max);
+            }
+        }
         Ok(())
     }
 
     /// Applies journal records on open. Local fix-ups (lifts, re-stamps) were journaled as
     /// changes of their own, so replay only applies and refreshes.
     fn replay(&mut self, records: Vec<Record>) -> Result<()> {
-        let mut touched: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         for rec in records {
+            // Refresh after each record, as when it was first applied: the floor (what clients
+            // were shown) must see an instance that was visible and then expunged later on.
+            let mut touched: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
             for (key, bytes) in rec {
                 let change = Change::from_bytes(bytes)
                     .map_err(|e| Error::corrupt(journal_path(&self.dir, self.epoch), e))?;
@@ -460,16 +475,16 @@ impl Store {
                     e.changed = true;
                 }
             }
-        }
-        for (key, origs) in touched {
-            let heads = self.doc_mut(&key)?.get_heads();
-            if let Some(e) = self.docs.get_mut(&key) {
-                e.heads = heads;
-            }
-            if key.ends_with("/registry") {
-                self.refresh_registry(&key)?;
-            } else {
-                self.refresh_instances(&key, origs.into_iter().collect())?;
+            for (key, origs) in touched {
+                let heads = self.doc_mut(&key)?.get_heads();
+                if let Some(e) = self.docs.get_mut(&key) {
+                    e.heads = heads;
+                }
+                if key.ends_with("/registry") {
+                    self.refresh_registry(&key)?;
+                } else {
+                    self.refresh_instances(&key, origs.into_iter().collect())?;
+                }
             }
         }
         Ok(())

@@ -67,7 +67,9 @@ pub(crate) struct MailboxView {
     /// Largest UID of any instance (allocation must go above it).
     pub max_uid: u32,
     /// 1 + largest UID of any instance that is or was visible here (what clients may have been
-    /// shown as UIDNEXT). A merged instance below it is lifted before it is shown.
+    /// shown as UIDNEXT). A merged instance below it is lifted before it is shown. Node-local
+    /// history, not derived from the documents: kept in the view snapshot, and rebuilt
+    /// conservatively (every instance with a body counts) when the snapshot is lost.
     pub floor: u32,
     /// Largest MODSEQ of any instance or vanished record.
     pub highest_modseq: u64,
@@ -79,9 +81,10 @@ impl MailboxView {
     /// Replaces the state of instance `orig`; returns the previous one.
     pub(crate) fn set(&mut self, orig: u32, inst: Instance) -> Option<Instance> {
         self.max_uid = self.max_uid.max(inst.uid);
-        // Expunged instances count even without their body: they will never be shown, and
-        // counting them makes every node that has the same history show the same UIDNEXT.
-        if !inst.pending || inst.expunged {
+        // The floor is what this node has shown: an instance counts once it is visible here.
+        // One that arrives already expunged was never shown and does not raise it (otherwise
+        // the first sync of a mailbox with a moved-away message would lift everything below).
+        if inst.visible() {
             self.floor = self.floor.max(inst.uid.saturating_add(1));
         }
         self.highest_modseq = self.highest_modseq.max(inst.modseq);
