@@ -215,7 +215,7 @@ fn merge_remote(base: u64, changes: u64) {
     let uids = a.uids("alice", &ib).unwrap();
     for i in 0..changes as usize {
         let u = uids[i % uids.len()];
-        let op = if (i / uids.len()) % 2 == 0 {
+        let op = if (i / uids.len()).is_multiple_of(2) {
             FlagOp::Add
         } else {
             FlagOp::Remove
