@@ -14,9 +14,22 @@ use crate::messages::next_uid;
 use crate::store::Store;
 use crate::view::Instance;
 
-/// See [`Store::fix_up`]: how far above everything known the first lift of a batch lands, per
-/// slot rank.
+/// How far above everything known the first lift of a batch lands, per slot rank.
+///
+/// Two nodes that lift concurrently from the same knowledge then place their lifts in
+/// disjoint, slot-ordered ranges: the lower slot sees the higher slot's lifts above its own and
+/// accepts them, the higher slot re-lifts the lower's once, and it settles. Without the gap,
+/// crossing lifts can push each other below the other's floor forever (found by the replica
+/// property test with three nodes).
 const LIFT_GAP: u32 = 4096;
+
+/// Where the next lift of a mailbox goes within one batch of merged changes.
+pub(crate) struct LiftBase {
+    /// Every UID allocated so far is at most this.
+    base: u32,
+    /// Added once, to the first lift of the batch.
+    gap: u32,
+}
 
 impl Store {
     /// Every document this store holds, with its heads. Two stores whose manifests are equal
@@ -56,77 +69,103 @@ impl Store {
             .collect())
     }
 
-    /// Applies a peer's changes to document `key`, then makes the fix-ups this node owes its
-    /// clients before anything is shown: a message that would appear below a UID this node has
-    /// shown gets a fresh UID of this node's class, and a change that would hide below a
-    /// HIGHESTMODSEQ this node has shown gets a fresh MODSEQ. Everything is journaled as one
-    /// record before the view changes.
-    ///
-    /// Malformed change bytes are refused as a whole ([`Error::BadChanges`]) and change nothing.
+    /// Applies a peer's changes to document `key`: [`Store::apply_changes_batch`] with one
+    /// document.
     pub fn apply_changes(
         &mut self,
         key: &str,
         changes: Vec<Vec<u8>>,
         now: Timestamp,
     ) -> Result<()> {
-        let kind = DocKind::parse(key)?;
-        let decoded: Vec<Change> = changes
-            .into_iter()
-            .map(|b| {
-                Change::from_bytes(b).map_err(|e| Error::BadChanges {
-                    doc: key.to_owned(),
-                    detail: e.to_string(),
+        self.apply_changes_batch(vec![(key.to_owned(), changes)], now)
+    }
+
+    /// Applies a peer's changes to several documents as one step, then makes the fix-ups this
+    /// node owes its clients before anything is shown: a message that would appear below a UID
+    /// this node has shown gets a fresh UID of this node's class, and a change that would hide
+    /// below a HIGHESTMODSEQ this node has shown gets a fresh MODSEQ. The floor and
+    /// HIGHESTMODSEQ are those from before the batch, so documents of one batch do not cause
+    /// fix-ups for each other. Everything is journaled as one record before the view changes.
+    ///
+    /// Malformed input (a bad document key, undecodable change bytes) is refused as a whole
+    /// ([`Error::InvalidDocKey`], [`Error::BadChanges`]) and changes nothing.
+    pub fn apply_changes_batch(
+        &mut self,
+        batch: Vec<(String, Vec<Vec<u8>>)>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for (key, changes) in batch {
+            let kind = DocKind::parse(&key)?;
+            let changes: Vec<Change> = changes
+                .into_iter()
+                .map(|b| {
+                    Change::from_bytes(b).map_err(|e| Error::BadChanges {
+                        doc: key.clone(),
+                        detail: e.to_string(),
+                    })
                 })
-            })
-            .collect::<Result<_>>()?;
-        if decoded.is_empty() {
-            return Ok(());
-        }
-        let d = self.doc_mut(key)?;
-        let before = d.get_heads();
-        if let Err(e) = d.apply_changes(decoded) {
-            self.evict([key.to_owned()]);
-            return Err(Error::BadChanges {
-                doc: key.to_owned(),
-                detail: e.to_string(),
-            });
-        }
-        let applied = d.get_changes(&before);
-        if applied.is_empty() {
-            // Duplicates, or changes waiting for dependencies that have not arrived: nothing
-            // visible changed. (Waiting changes are re-sent by the peer with their
-            // dependencies; they are not journaled until they apply.)
-            return Ok(());
-        }
-        let mut record: Vec<(String, Vec<u8>)> = applied
-            .iter()
-            .map(|c| (key.to_owned(), c.raw_bytes().to_vec()))
-            .collect();
-        match kind {
-            DocKind::Registry { .. } => {
-                self.persist(record)?;
-                self.refresh_registry(key)?;
+                .collect::<Result<_>>()?;
+            if !changes.is_empty() {
+                decoded.push((key, kind, changes));
             }
-            DocKind::Shard {
-                account, mailbox, ..
-            } => {
-                let origs: BTreeSet<u32> = applied
-                    .iter()
-                    .flat_map(crate::store::changed_keys)
-                    .filter_map(|k| doc::instance_of_key(&k))
-                    .filter(|&o| o >= 1 && doc::shard_key(&account, &mailbox, o) == key)
-                    .collect();
-                let origs: Vec<u32> = origs.into_iter().collect();
-                match self.fix_up(key, &account, &mailbox, &origs, now) {
-                    Ok(Some(local)) => record.push((key.to_owned(), local)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.evict([key.to_owned()]);
-                        return Err(e);
+        }
+        let mut record: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut touched_keys: Vec<String> = Vec::new();
+        let mut refresh: Vec<(String, Option<Vec<u32>>)> = Vec::new();
+        let mut bases: HashMap<(String, String), LiftBase> = HashMap::new();
+        let res = (|| -> Result<()> {
+            for (key, kind, changes) in decoded {
+                touched_keys.push(key.clone());
+                let d = self.doc_mut(&key)?;
+                let before = d.get_heads();
+                d.apply_changes(changes).map_err(|e| Error::BadChanges {
+                    doc: key.clone(),
+                    detail: e.to_string(),
+                })?;
+                // Duplicates, or changes still waiting for their dependencies, apply nothing;
+                // waiting ones are journaled once they apply.
+                let applied = d.get_changes(&before);
+                if applied.is_empty() {
+                    continue;
+                }
+                record.extend(
+                    applied
+                        .iter()
+                        .map(|c| (key.clone(), c.raw_bytes().to_vec())),
+                );
+                match kind {
+                    DocKind::Registry { .. } => refresh.push((key, None)),
+                    DocKind::Shard {
+                        account, mailbox, ..
+                    } => {
+                        let origs: BTreeSet<u32> = applied
+                            .iter()
+                            .flat_map(crate::store::changed_keys)
+                            .filter_map(|k| doc::instance_of_key(&k))
+                            .filter(|&o| o >= 1 && doc::shard_key(&account, &mailbox, o) == key)
+                            .collect();
+                        let origs: Vec<u32> = origs.into_iter().collect();
+                        if let Some(local) =
+                            self.fix_up(&key, &account, &mailbox, &origs, now, &mut bases)?
+                        {
+                            record.push((key.clone(), local));
+                        }
+                        refresh.push((key, Some(origs)));
                     }
                 }
-                self.persist(record)?;
-                self.refresh_instances(key, origs)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            self.evict(touched_keys);
+            return Err(e);
+        }
+        self.persist(record)?;
+        for (key, origs) in refresh {
+            match origs {
+                None => self.refresh_registry(&key)?,
+                Some(origs) => self.refresh_instances(&key, origs)?,
             }
         }
         self.maybe_compact()
@@ -153,6 +192,35 @@ impl Store {
         v
     }
 
+    /// Blobs that messages created by these changes refer to and this store lacks: what a sync
+    /// layer should fetch before applying the batch, so the messages can be shown at once.
+    /// Undecodable changes are skipped here (applying them reports the error).
+    pub fn blobs_needed(&self, batch: &[(String, Vec<Vec<u8>>)]) -> Vec<BlobHash> {
+        let mut out = BTreeSet::new();
+        for (_, changes) in batch {
+            for bytes in changes {
+                let Ok(change) = Change::from_bytes(bytes.clone()) else {
+                    continue;
+                };
+                for op in change.decode().operations {
+                    let automerge::legacy::Key::Map(k) = &op.key else {
+                        continue;
+                    };
+                    if !k.ends_with(".c") {
+                        continue;
+                    }
+                    if let automerge::legacy::OpType::Put(ScalarValue::Bytes(b)) = &op.action
+                        && let Some(c) = doc::Creation::decode(b)
+                        && !self.blobs.contains(&c.blob)
+                    {
+                        out.insert(c.blob);
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// Whether this store has blob `h`.
     pub fn has_blob(&self, h: &BlobHash) -> bool {
         self.blobs.contains(h)
@@ -165,6 +233,7 @@ impl Store {
         let Some(waiting) = self.pending.remove(h) else {
             return Ok(());
         };
+        let mut bases = HashMap::new();
         let mut by_shard: BTreeMap<String, (String, String, Vec<u32>)> = BTreeMap::new();
         for (a, m, o) in waiting {
             let key = doc::shard_key(&a, &m, o);
@@ -175,7 +244,7 @@ impl Store {
                 .push(o);
         }
         for (key, (a, m, origs)) in by_shard {
-            let local = match self.fix_up(&key, &a, &m, &origs, now) {
+            let local = match self.fix_up(&key, &a, &m, &origs, now, &mut bases) {
                 Ok(l) => l,
                 Err(e) => {
                     self.evict([key.clone()]);
@@ -200,6 +269,7 @@ impl Store {
         mailbox: &str,
         origs: &[u32],
         now: Timestamp,
+        bases: &mut HashMap<(String, String), LiftBase>,
     ) -> Result<Option<Vec<u8>>> {
         let slot = self.cfg.slot;
         let (floor, hms, mut base, olds): (u32, u64, u32, HashMap<u32, Instance>) = {
@@ -238,12 +308,15 @@ impl Store {
         let max_new = news.iter().map(|(_, i)| i.modseq).max().unwrap_or(0);
         self.hlc.observe(Modseq(max_new.max(hms)));
         base = base.max(news.iter().map(|(_, i)| i.uid).max().unwrap_or(0));
-        // The first lift of a batch jumps above everything known by a gap that grows with the
-        // slot. Two nodes that lift concurrently from the same knowledge then place their lifts
-        // in disjoint, slot-ordered ranges: the lower slot sees the higher slot's lifts above
-        // its own and accepts them, the higher slot re-lifts the lower's once, and it settles.
-        // Without the gap, crossing lifts can push each other below the other's floor forever.
-        let mut gap = LIFT_GAP * (slot as u32 + 1);
+        // One allocation base per mailbox and batch, so lifts in different shards of a batch
+        // never pick the same UID.
+        let lb = bases
+            .entry((account.to_owned(), mailbox.to_owned()))
+            .or_insert(LiftBase {
+                base,
+                gap: LIFT_GAP * (slot as u32 + 1),
+            });
+        lb.base = lb.base.max(base);
 
         let mut puts: Vec<(String, ScalarValue)> = Vec::new();
         let mut stamp: Option<u64> = None;
@@ -255,9 +328,9 @@ impl Store {
                 let appears = shown_uid.is_none();
                 let moved = shown_uid.is_some_and(|u| u != new.uid);
                 if (appears || moved) && new.uid < floor {
-                    let fresh = next_uid(base.saturating_add(std::mem::take(&mut gap)), slot)
+                    let fresh = next_uid(lb.base.saturating_add(std::mem::take(&mut lb.gap)), slot)
                         .ok_or_else(|| Error::UidsExhausted(mailbox.to_owned()))?;
-                    base = fresh;
+                    lb.base = fresh;
                     puts.push((format!("{o}.u"), ScalarValue::Uint(fresh.into())));
                     lifted = true;
                 }
@@ -303,14 +376,22 @@ impl Store {
     /// across a network the sync layer does the same through [`Store::manifest`],
     /// [`Store::changes_for`], [`Store::apply_changes`] and [`Store::put_blob`].
     pub fn pull_from(&mut self, other: &mut Store, now: Timestamp) -> Result<()> {
+        let mut batch = Vec::new();
         for (key, heads) in other.manifest() {
-            if self.heads(&key) == heads {
-                continue;
-            }
             let mine = self.heads(&key);
-            let changes = other.changes_for(&key, &mine)?;
-            self.apply_changes(&key, changes, now)?;
+            if mine != heads {
+                batch.push((key.clone(), other.changes_for(&key, &mine)?));
+            }
         }
+        // Bodies first, so that the messages are shown as the documents arrive and one fix-up
+        // pass covers them all.
+        for h in self.blobs_needed(&batch) {
+            if other.has_blob(&h) {
+                let raw = other.message_bytes(&h)?;
+                self.put_blob(&h, &raw, now)?;
+            }
+        }
+        self.apply_changes_batch(batch, now)?;
         for h in self.missing_blobs() {
             if other.has_blob(&h) {
                 let raw = other.message_bytes(&h)?;
