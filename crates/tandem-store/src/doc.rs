@@ -266,6 +266,8 @@ pub(crate) struct RegistryDoc {
     pub high_water: std::collections::BTreeMap<String, u32>,
     /// Subscribed names.
     pub subscriptions: std::collections::BTreeSet<String>,
+    /// The largest stamp (MODSEQ-like clock value) in the document, for the clock to observe.
+    pub max_stamp: u64,
 }
 
 /// Reads a registry document. Entries that do not parse are skipped (a future version's keys, or
@@ -306,7 +308,10 @@ pub(crate) fn read_registry(doc: &Automerge) -> RegistryDoc {
                         e.role = v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
                     }
                 }
-                "x" => e.deleted = max_u64(doc, &key),
+                "x" => {
+                    e.deleted = max_u64(doc, &key);
+                    out.max_stamp = out.max_stamp.max(e.deleted.unwrap_or(0));
+                }
                 _ => {}
             }
         } else if let Some(name) = key.strip_prefix("hw.") {
@@ -314,9 +319,12 @@ pub(crate) fn read_registry(doc: &Automerge) -> RegistryDoc {
                 out.high_water.insert(name.to_owned(), v);
             }
         } else if let Some(name) = key.strip_prefix("sub.")
-            && winning_stamp(doc, &key).is_some_and(|s| s > 0)
+            && let Some(s) = winning_stamp(doc, &key)
         {
-            out.subscriptions.insert(name.to_owned());
+            out.max_stamp = out.max_stamp.max(s.unsigned_abs());
+            if s > 0 {
+                out.subscriptions.insert(name.to_owned());
+            }
         }
     }
     out.mailboxes = mbs

@@ -19,6 +19,9 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Another process has this store open.
+    #[error("store {0} is in use by another process")]
+    Locked(PathBuf),
     /// A mailbox name is not acceptable.
     #[error("invalid mailbox name {name:?}: {reason}")]
     InvalidMailboxName {

@@ -42,6 +42,17 @@ impl Journal {
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
         let (records, valid) = parse_records(&buf);
+        if !torn_tail(&buf[valid as usize..]) {
+            // A bad record with intact-looking data after it is not a crash mid-write (that
+            // only ever damages the last record): cutting here would drop acknowledged writes.
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "damaged record at byte {valid} followed by more data; refusing to truncate {} bytes of acknowledged writes",
+                    buf.len() as u64 - valid
+                ),
+            ));
+        }
         if (valid as usize) < buf.len() {
             // A torn tail from a crash mid-write: never acknowledged, so dropping it loses
             // nothing that was promised.
@@ -151,6 +162,18 @@ fn parse_records(buf: &[u8]) -> (Vec<Record>, u64) {
     (records, pos as u64)
 }
 
+/// Whether `rest`, the bytes after the last intact record, can be what a crash mid-append
+/// leaves: nothing, a header cut short, or one record (whole or cut short) that ends the file.
+fn torn_tail(rest: &[u8]) -> bool {
+    // After a power loss the file can end in zeros (its size was updated, its data not).
+    if rest.len() < 8 || rest.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    // A record reaching to (or past) the end of the file is the last one written.
+    len > MAX_RECORD || 8 + len >= rest.len()
+}
+
 fn parse_payload(payload: &[u8]) -> Option<Record> {
     let mut r = Reader::new(payload, "journal record");
     let n = r.count(8).ok()?;
@@ -198,6 +221,24 @@ mod tests {
         std::fs::write(&p, &bad).unwrap();
         let (_, recs) = Journal::open(&p, false).unwrap();
         assert_eq!(recs.len(), 1);
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_refused_not_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j");
+        {
+            let (mut j, _) = Journal::open(&p, false).unwrap();
+            for i in 0..3u8 {
+                j.append(&rec("a", &[i; 10])).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[12] ^= 0xff; // inside the first record's payload
+        std::fs::write(&p, &bytes).unwrap();
+        let e = Journal::open(&p, false).unwrap_err();
+        assert!(e.to_string().contains("refusing to truncate"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), bytes, "file left as it was");
     }
 
     #[test]

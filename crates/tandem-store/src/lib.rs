@@ -4,7 +4,7 @@
 //! accounts, mailboxes, messages, flags, UIDs, UIDVALIDITY and MODSEQs kept as
 //! [automerge](https://docs.rs/automerge) CRDT documents, message bodies in a content-addressed
 //! blob store. Two stores that exchange their changes (see [`Store::manifest`],
-//! [`Store::changes_for`], [`Store::apply_changes`], [`Store::put_blob`]) converge to the same
+//! [`Store::changes_for`], [`Store::apply_changes_batch`], [`Store::put_blob`]) converge to the same
 //! mailboxes, UIDs, MODSEQs and flags, while every IMAP client of either keeps seeing UIDs that
 //! never name two messages, never go backwards, and a UIDVALIDITY that does not change.
 //!
@@ -37,7 +37,8 @@
 //!   parsed envelopes and MIME structure), not the protocol.
 //! - No `\Recent` flag, and no removal of expunged-message tombstones (they keep UIDs from ever
 //!   being reused).
-//! - One process per store directory: there is no cross-process locking.
+//! - Sharing a store directory between processes: a second [`Store::open`] of the same
+//!   directory fails with [`Error::Locked`].
 //!
 //! The data model and the convergence rules are specified in `spec/data-model.md` and
 //! `spec/convergence.md` of the Tandem repository.

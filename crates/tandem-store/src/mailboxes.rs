@@ -197,6 +197,11 @@ impl Store {
             }
             puts.push((format!("mb.{id}.n"), new.as_str().into()));
             puts.push((format!("hw.{new}"), ScalarValue::Uint(uv.max(hw).into())));
+            // Keep the old name's high-water mark too: it may have come from this mailbox's
+            // UIDVALIDITY alone (after a rename race), and a later CREATE of the old name must
+            // still get a greater one.
+            let old_hw = high_water(acct, old.as_str());
+            puts.push((format!("hw.{old}"), ScalarValue::Uint(old_hw.into())));
         }
         for anc in to.ancestors() {
             if !acct.names.contains_key(anc.as_str()) && !anc.is_inside(&from) && anc != from {

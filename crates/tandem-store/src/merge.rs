@@ -244,15 +244,18 @@ impl Store {
                 .push(o);
         }
         for (key, (a, m, origs)) in by_shard {
-            let local = match self.fix_up(&key, &a, &m, &origs, now, &mut bases) {
-                Ok(l) => l,
-                Err(e) => {
-                    self.evict([key.clone()]);
-                    return Err(e);
-                }
-            };
-            if let Some(local) = local {
-                self.persist(vec![(key.clone(), local)])?;
+            let res = self
+                .fix_up(&key, &a, &m, &origs, now, &mut bases)
+                .and_then(|local| match local {
+                    Some(local) => self.persist(vec![(key.clone(), local)]),
+                    None => Ok(()),
+                });
+            if let Err(e) = res {
+                // Not shown yet: keep them waiting, so the next attempt (or a reopen) shows them.
+                self.evict([key.clone()]);
+                let waiting = self.pending.entry(*h).or_default();
+                waiting.extend(origs.iter().map(|o| (a.clone(), m.clone(), *o)));
+                return Err(e);
             }
             self.refresh_instances(&key, origs)?;
         }
@@ -374,7 +377,8 @@ impl Store {
     /// Brings this store up to date with `other` (one direction): every document change and
     /// every blob this store lacks. For tests, tools and embedding two replicas in one process;
     /// across a network the sync layer does the same through [`Store::manifest`],
-    /// [`Store::changes_for`], [`Store::apply_changes`] and [`Store::put_blob`].
+    /// [`Store::changes_for`], [`Store::blobs_needed`], [`Store::put_blob`] and
+    /// [`Store::apply_changes_batch`].
     pub fn pull_from(&mut self, other: &mut Store, now: Timestamp) -> Result<()> {
         let mut batch = Vec::new();
         for (key, heads) in other.manifest() {

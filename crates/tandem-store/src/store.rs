@@ -99,6 +99,9 @@ pub(crate) struct MailboxState {
 /// An embeddable, replicated mail store. See the crate documentation.
 #[derive(Debug)]
 pub struct Store {
+    /// Held for the store's lifetime: a second process opening the same directory is refused
+    /// instead of interleaving its journal writes with ours.
+    _lock: fs::File,
     pub(crate) dir: PathBuf,
     pub(crate) cfg: StoreConfig,
     pub(crate) actor: ActorId,
@@ -126,6 +129,7 @@ impl Store {
             return Err(Error::InvalidSlot(cfg.slot));
         }
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock = lock_dir(&dir)?;
         let actor = node_identity(&dir, &cfg)?;
         let epoch = read_current(&dir)?;
         let docs_dir = epoch_dir(&dir, epoch).join("docs");
@@ -134,6 +138,7 @@ impl Store {
         let (journal, records) = Journal::open(&journal_path(&dir, epoch), cfg.durable)?;
 
         let mut store = Store {
+            _lock: lock,
             hlc: Hlc::new(cfg.slot),
             dir,
             cfg,
@@ -498,6 +503,7 @@ impl Store {
             return Ok(());
         };
         let reg = doc::read_registry(self.doc_mut(key)?);
+        self.hlc.observe(Modseq(reg.max_stamp));
         let acct = self.accounts.entry(account.clone()).or_default();
         for m in &reg.mailboxes {
             acct.mailboxes.entry(m.id.clone()).or_default().doc = Some(m.clone());
@@ -661,6 +667,23 @@ fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         f.sync_all().map_err(|e| Error::io(path, e))?;
     }
     Ok(())
+}
+
+/// Takes the store's exclusive lock (`LOCK`, an advisory file lock released when the process
+/// exits, however it exits).
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let p = dir.join("LOCK");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
 }
 
 /// Reads or creates the `node` file: the slot this store was created with and its actor id.

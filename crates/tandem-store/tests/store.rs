@@ -386,6 +386,39 @@ fn everything_survives_reopen_with_and_without_compaction() {
 }
 
 #[test]
+fn a_damaged_view_snapshot_is_rebuilt_from_the_documents() {
+    let d = tempfile::tempdir().unwrap();
+    let before = {
+        let mut s = open(d.path(), 0);
+        s.create_account("alice", now(0)).unwrap();
+        let ib = inbox(&s);
+        for i in 0..5 {
+            s.append("alice", &ib, &msg(i), &[Flag::Seen], 0, now(i as i64 + 1))
+                .unwrap();
+        }
+        s.expunge("alice", &ib, &[17], now(10)).unwrap();
+        s.compact().unwrap();
+        visible(&s)
+    };
+    let epoch = std::fs::read_to_string(d.path().join("CURRENT")).unwrap();
+    let view = d.path().join("state").join(epoch.trim()).join("view.bin");
+    let mut bytes = std::fs::read(&view).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&view, &bytes).unwrap();
+    let mut s = open(d.path(), 0);
+    assert_eq!(visible(&s), before);
+    // The rebuilt floor is conservative: new mail still goes above everything shown before.
+    let ib = inbox(&s);
+    assert!(
+        s.append("alice", &ib, &msg(9), &[], 0, now(20))
+            .unwrap()
+            .uid
+            > 65
+    );
+}
+
+#[test]
 fn a_store_refuses_to_open_under_another_slot() {
     let d = tempfile::tempdir().unwrap();
     drop(open(d.path(), 0));
@@ -395,6 +428,18 @@ fn a_store_refuses_to_open_under_another_slot() {
         Store::open(d.path(), StoreConfig { slot: 16, ..cfg(0) }),
         Err(Error::InvalidSlot(16))
     ));
+}
+
+#[test]
+fn a_store_open_elsewhere_is_refused_not_shared() {
+    let d = tempfile::tempdir().unwrap();
+    let first = open(d.path(), 0);
+    assert!(matches!(
+        Store::open(d.path(), cfg(0)),
+        Err(Error::Locked(_))
+    ));
+    drop(first);
+    open(d.path(), 0);
 }
 
 #[test]
@@ -616,6 +661,10 @@ fn delete_on_one_node_while_mail_arrives_on_the_other_keeps_the_mail() {
         .unwrap();
     assert!(info.recovered);
     assert_eq!(a.uids("alice", &rec).unwrap(), vec![kept.uid]);
+    assert!(matches!(
+        a.rename_mailbox("alice", "Recovered/Lists", "Lists", now(6)),
+        Err(Error::Recovered(_))
+    ));
     // Once the mail is moved out, the recovery folder goes away by itself, on both nodes.
     let ib = inbox(&a);
     a.move_messages("alice", &rec, &[kept.uid], &ib, now(7))
