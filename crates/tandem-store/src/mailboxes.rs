@@ -237,7 +237,7 @@ impl Store {
         {
             return Err(Error::HasChildren(name.to_string()));
         }
-        let live: Vec<u32> = acct
+        let mut live: Vec<u32> = acct
             .mailboxes
             .get(&id)
             .map(|m| {
@@ -251,6 +251,7 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
+        live.sort_unstable(); // deterministic change bytes, for reproducible simulations
         let stamp = self.hlc.tick(now);
         let mut record = Vec::new();
         let mut touched = Vec::new();

@@ -1,0 +1,463 @@
+//! [`Session`]: one side of a sync connection, as a state machine without I/O or clock.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use tandem_store::{BlobHash, ChangeHash, Error as StoreError, Store, Timestamp};
+
+use crate::frame::{CloseCode, Frame, PROTOCOL_VERSION};
+
+/// How a session behaves.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Send a full manifest at least this often (milliseconds), so that anything lost in a
+    /// cut connection or dropped by a peer is found again (anti-entropy).
+    pub resync_interval_ms: i64,
+    /// At most this many bodies are requested from one peer at a time (back-pressure: a
+    /// first sync of 100,000 messages does not queue 100,000 bodies at once).
+    pub max_blobs_in_flight: usize,
+    /// At most this many change bytes go in one Changes frame; more are split.
+    pub max_changes_per_frame: usize,
+    /// Changes whose message bodies have not arrived are held back this long (milliseconds)
+    /// before they are applied anyway (their messages then stay hidden until the bodies come).
+    pub hold_for_bodies_ms: i64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            resync_interval_ms: 5_000,
+            max_blobs_in_flight: 64,
+            max_changes_per_frame: 8 << 20,
+            hold_for_bodies_ms: 30_000,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {reason}")]
+pub struct Closed {
+    /// The close code (sent to the peer, or received from it).
+    pub code: CloseCode,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Counters, for status output and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Changes received and applied.
+    pub changes_in: u64,
+    /// Changes sent.
+    pub changes_out: u64,
+    /// Bodies received and stored.
+    pub blobs_in: u64,
+    /// Bodies sent.
+    pub blobs_out: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Our Hello is queued; waiting for the peer's.
+    Handshake,
+    Ready,
+    Closed,
+}
+
+/// One side of a sync connection between two nodes.
+///
+/// Sans-IO, in the manner of quinn-proto: feed bytes-turned-frames in with
+/// [`Session::handle_frame`], tell it about time with [`Session::handle_timeout`] (at or after
+/// [`Session::poll_timeout`]) and about local writes with [`Session::local_change`]; then drain
+/// [`Session::poll_frame`] and send what it returns, in order. It never blocks, reads a clock or
+/// touches a socket, so a simulation can drive many sessions over a virtual network.
+///
+/// The protocol tolerates lost, duplicated and reordered frames: every frame is idempotent, and
+/// each side re-sends its manifest every `resync_interval_ms`, to which the other answers with
+/// whatever the first still lacks. So after any disruption, state converges once frames flow.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    phase: Phase,
+    peer_slot: Option<u8>,
+    /// What the peer is known to have, per document: heads it announced or that we sent.
+    peer_heads: HashMap<String, Vec<ChangeHash>>,
+    /// Bodies requested from this peer and not yet received.
+    blobs_requested: BTreeSet<BlobHash>,
+    /// Batches of changes waiting for their bodies, oldest first. They are applied in order, each
+    /// as one batch once all its bodies are here, so a first sync shows messages in UID order
+    /// and never has to lift one above another that merely arrived first.
+    held: VecDeque<Held>,
+    out: VecDeque<Frame>,
+    next_resync: Option<Timestamp>,
+    closed: Option<Closed>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A new session; its Hello is ready in [`Session::poll_frame`].
+    pub fn new(store: &Store, cfg: SessionConfig) -> Session {
+        let mut out = VecDeque::new();
+        out.push_back(Frame::Hello {
+            version: PROTOCOL_VERSION,
+            slot: store.slot(),
+        });
+        Session {
+            cfg,
+            phase: Phase::Handshake,
+            peer_slot: None,
+            peer_heads: HashMap::new(),
+            blobs_requested: BTreeSet::new(),
+            held: VecDeque::new(),
+            out,
+            next_resync: None,
+            closed: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_frame(&mut self) -> Option<Frame> {
+        self.out.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let release = self
+            .held
+            .front()
+            .map(|h| Timestamp(h.since.0 + self.cfg.hold_for_bodies_ms));
+        match (self.next_resync, release) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Why the session ended, once it has.
+    pub fn closed(&self) -> Option<&Closed> {
+        self.closed.as_ref()
+    }
+
+    /// The peer's slot, once its Hello arrived.
+    pub fn peer_slot(&self) -> Option<u8> {
+        self.peer_slot
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Ends the session, telling the peer why.
+    pub fn close(&mut self, code: CloseCode, reason: impl Into<String>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let reason = reason.into();
+        self.out.push_back(Frame::Close {
+            code: code as u16,
+            reason: reason.clone(),
+        });
+        self.phase = Phase::Closed;
+        self.next_resync = None;
+        self.closed = Some(Closed { code, reason });
+    }
+
+    /// Periodic work: a full manifest every `resync_interval_ms`, and changes held too long
+    /// for bodies that do not come are applied.
+    pub fn handle_timeout(&mut self, store: &mut Store, now: Timestamp) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        self.release_held(store, now);
+        if self.next_resync.is_some_and(|t| t <= now) {
+            self.send_manifest(store, now);
+        }
+    }
+
+    /// Local writes happened: push the changes the peer lacks right away (no polling interval).
+    pub fn local_change(&mut self, store: &mut Store) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        let mut docs = Vec::new();
+        for (key, heads) in store.manifest() {
+            let known = self.peer_heads.get(&key).cloned().unwrap_or_default();
+            if known == heads {
+                continue;
+            }
+            match store.changes_for(&key, &known) {
+                Ok(ch) if !ch.is_empty() => {
+                    self.peer_heads.insert(key.clone(), heads);
+                    docs.push((key, ch));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail_store(e);
+                    return;
+                }
+            }
+        }
+        self.queue_changes(docs);
+    }
+
+    /// Handles one frame from the peer. Store errors and protocol violations close the session
+    /// (with a Close frame queued for the peer); the store is never left half-updated.
+    pub fn handle_frame(&mut self, store: &mut Store, frame: Frame, now: Timestamp) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        match (&self.phase, frame) {
+            (_, Frame::Close { code, reason }) => {
+                self.phase = Phase::Closed;
+                self.next_resync = None;
+                self.closed = Some(Closed {
+                    code: close_code(code),
+                    reason: format!("closed by peer: {reason}"),
+                });
+            }
+            (Phase::Handshake, Frame::Hello { version, slot }) => {
+                if version != PROTOCOL_VERSION {
+                    self.close(
+                        CloseCode::VersionMismatch,
+                        format!("protocol version {version} is not supported; this node speaks {PROTOCOL_VERSION}"),
+                    );
+                    return;
+                }
+                if slot == store.slot() {
+                    self.close(
+                        CloseCode::Protocol,
+                        format!("peer uses slot {slot}, which is this node's own: every node needs its own slot"),
+                    );
+                    return;
+                }
+                self.peer_slot = Some(slot);
+                self.phase = Phase::Ready;
+                self.send_manifest(store, now);
+            }
+            (Phase::Handshake, other) => {
+                self.close(
+                    CloseCode::Protocol,
+                    format!("expected Hello, got {}", name(&other)),
+                );
+            }
+            (Phase::Ready, Frame::Hello { .. }) => {
+                self.close(CloseCode::Protocol, "second Hello");
+            }
+            (Phase::Ready, Frame::Manifest { docs }) => self.on_manifest(store, docs),
+            (Phase::Ready, Frame::Changes { docs }) => self.on_changes(store, docs, now),
+            (Phase::Ready, Frame::WantBlobs { hashes }) => {
+                for h in hashes {
+                    if !store.has_blob(&h) {
+                        continue; // we lost it or never had it; another peer may answer
+                    }
+                    match store.message_bytes(&h) {
+                        Ok(data) => {
+                            self.stats.blobs_out += 1;
+                            self.out.push_back(Frame::Blob { hash: h, data });
+                        }
+                        // A damaged local copy is not sent; the peer will ask elsewhere.
+                        Err(_) => continue,
+                    }
+                }
+            }
+            (Phase::Ready, Frame::Blob { hash, data }) => {
+                if !self.blobs_requested.remove(&hash) && store.has_blob(&hash) {
+                    return; // a duplicate
+                }
+                match store.put_blob(&hash, &data, now) {
+                    Ok(()) => {
+                        self.stats.blobs_in += 1;
+                        for h in self.held.iter_mut() {
+                            h.needs.remove(&hash);
+                        }
+                        self.release_held(store, now);
+                        self.request_blobs(store);
+                    }
+                    Err(StoreError::BlobHashMismatch { expected }) => {
+                        self.close(
+                            CloseCode::BadData,
+                            format!("body does not match its hash {expected}"),
+                        );
+                    }
+                    Err(e) => self.fail_store(e),
+                }
+            }
+            (Phase::Closed, _) => {}
+        }
+    }
+
+    fn send_manifest(&mut self, store: &Store, now: Timestamp) {
+        self.out.push_back(Frame::Manifest {
+            docs: store.manifest(),
+        });
+        self.next_resync = Some(Timestamp(now.0 + self.cfg.resync_interval_ms));
+        // Requests the peer could not answer (or whose answer was lost) are asked again.
+        self.blobs_requested.clear();
+        self.request_blobs(store);
+    }
+
+    /// The peer told us what it has: send what it lacks, ask for bodies we lack.
+    fn on_manifest(&mut self, store: &mut Store, docs: Vec<(String, Vec<ChangeHash>)>) {
+        let theirs: HashMap<String, Vec<ChangeHash>> = docs.into_iter().collect();
+        let mut out = Vec::new();
+        for (key, mine) in store.manifest() {
+            let their = theirs.get(&key).cloned().unwrap_or_default();
+            if their == mine {
+                self.peer_heads.insert(key, mine);
+                continue;
+            }
+            match store.changes_for(&key, &their) {
+                Ok(ch) if !ch.is_empty() => {
+                    self.peer_heads.insert(key.clone(), mine);
+                    out.push((key, ch));
+                }
+                Ok(_) => {
+                    self.peer_heads.insert(key, their);
+                }
+                Err(e) => {
+                    self.fail_store(e);
+                    return;
+                }
+            }
+        }
+        self.queue_changes(out);
+        self.request_blobs(store);
+    }
+
+    fn on_changes(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
+        let needs: BTreeSet<BlobHash> = store.blobs_needed(&docs).into_iter().collect();
+        if needs.is_empty() && self.held.is_empty() {
+            self.apply(store, docs, now);
+            return;
+        }
+        self.held.push_back(Held {
+            docs,
+            needs,
+            since: now,
+        });
+        self.release_held(store, now);
+        self.request_blobs(store);
+    }
+
+    /// Applies held batches, in order, whose bodies are all here or that waited long enough.
+    fn release_held(&mut self, store: &mut Store, now: Timestamp) {
+        while let Some(front) = self.held.front() {
+            let expired = now.0 - front.since.0 >= self.cfg.hold_for_bodies_ms;
+            if !front.needs.is_empty() && !expired {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                self.apply(store, h.docs, now);
+            }
+            if self.phase == Phase::Closed {
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
+        let n: u64 = docs.iter().map(|(_, c)| c.len() as u64).sum();
+        match store.apply_changes_batch(docs, now) {
+            Ok(()) => {
+                self.stats.changes_in += n;
+                self.request_blobs(store);
+            }
+            Err(e @ (StoreError::BadChanges { .. } | StoreError::InvalidDocKey(_))) => {
+                self.close(CloseCode::BadData, e.to_string());
+            }
+            Err(e) => self.fail_store(e),
+        }
+    }
+
+    /// Asks the peer for bodies this store is waiting for (those of held changes first, in
+    /// order), a bounded number at a time.
+    fn request_blobs(&mut self, store: &Store) {
+        let room = self
+            .cfg
+            .max_blobs_in_flight
+            .saturating_sub(self.blobs_requested.len());
+        if room == 0 {
+            return;
+        }
+        let held = self.held.iter().flat_map(|h| h.needs.iter().copied());
+        let mut seen = BTreeSet::new();
+        let want: Vec<BlobHash> = held
+            .chain(store.missing_blobs())
+            .filter(|h| !self.blobs_requested.contains(h) && seen.insert(*h))
+            .take(room)
+            .collect();
+        if want.is_empty() {
+            return;
+        }
+        self.blobs_requested.extend(want.iter().copied());
+        self.out.push_back(Frame::WantBlobs { hashes: want });
+    }
+
+    fn queue_changes(&mut self, docs: Vec<(String, Vec<Vec<u8>>)>) {
+        let mut frame: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        let mut size = 0usize;
+        for (key, changes) in docs {
+            self.stats.changes_out += changes.len() as u64;
+            let mut cur: Vec<Vec<u8>> = Vec::new();
+            for c in changes {
+                if size + c.len() > self.cfg.max_changes_per_frame && (size > 0) {
+                    if !cur.is_empty() {
+                        frame.push((key.clone(), std::mem::take(&mut cur)));
+                    }
+                    self.out.push_back(Frame::Changes {
+                        docs: std::mem::take(&mut frame),
+                    });
+                    size = 0;
+                }
+                size += c.len();
+                cur.push(c);
+            }
+            if !cur.is_empty() {
+                frame.push((key, cur));
+            }
+        }
+        if !frame.is_empty() {
+            self.out.push_back(Frame::Changes { docs: frame });
+        }
+    }
+
+    fn fail_store(&mut self, e: StoreError) {
+        let code = if e.is_temporary() {
+            CloseCode::Temporary
+        } else {
+            CloseCode::BadData
+        };
+        self.close(code, format!("store error: {e}"));
+    }
+}
+
+/// Changes received before their message bodies.
+#[derive(Debug)]
+struct Held {
+    docs: Vec<(String, Vec<Vec<u8>>)>,
+    /// Bodies still missing.
+    needs: BTreeSet<BlobHash>,
+    since: Timestamp,
+}
+
+fn close_code(c: u16) -> CloseCode {
+    match c {
+        0 => CloseCode::Done,
+        1 => CloseCode::VersionMismatch,
+        3 => CloseCode::BadData,
+        4 => CloseCode::Temporary,
+        _ => CloseCode::Protocol,
+    }
+}
+
+fn name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "Hello",
+        Frame::Manifest { .. } => "Manifest",
+        Frame::Changes { .. } => "Changes",
+        Frame::WantBlobs { .. } => "WantBlobs",
+        Frame::Blob { .. } => "Blob",
+        Frame::Close { .. } => "Close",
+    }
+}

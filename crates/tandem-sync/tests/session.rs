@@ -1,0 +1,253 @@
+//! Two sessions over an in-memory pipe: the protocol flows, and what a hostile or mismatched
+//! peer gets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use tandem_store::{BlobHash, Store, StoreConfig, Timestamp};
+use tandem_sync::{CloseCode, Frame, PROTOCOL_VERSION, Session, SessionConfig};
+
+fn store(dir: &std::path::Path, slot: u8) -> Store {
+    let mut s = Store::open(
+        dir,
+        StoreConfig {
+            slot,
+            actor: Some([slot + 1; 16]),
+            durable: false,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    s.create_account("alice", Timestamp(1_800_000_000_000))
+        .unwrap();
+    s
+}
+
+fn msg(n: u32) -> Vec<u8> {
+    format!("Subject: {n}\r\nMessage-ID: <{n}@x>\r\n\r\nbody {n}\r\n").into_bytes()
+}
+
+/// Moves frames both ways (through their byte encoding) until both sides are quiet.
+fn pump(a: &mut Store, sa: &mut Session, b: &mut Store, sb: &mut Session, now: Timestamp) -> usize {
+    let mut frames = 0;
+    loop {
+        let mut moved = false;
+        while let Some(f) = sa.poll_frame() {
+            let bytes = f.encode();
+            let (f, _) = Frame::decode(&bytes).unwrap().unwrap();
+            sb.handle_frame(b, f, now);
+            frames += 1;
+            moved = true;
+        }
+        while let Some(f) = sb.poll_frame() {
+            let bytes = f.encode();
+            let (f, _) = Frame::decode(&bytes).unwrap().unwrap();
+            sa.handle_frame(a, f, now);
+            frames += 1;
+            moved = true;
+        }
+        if !moved {
+            return frames;
+        }
+    }
+}
+
+struct Pair {
+    _d: tempfile::TempDir,
+    a: Store,
+    b: Store,
+    sa: Session,
+    sb: Session,
+}
+
+fn pair() -> Pair {
+    let d = tempfile::tempdir().unwrap();
+    let a = store(&d.path().join("a"), 0);
+    let b = store(&d.path().join("b"), 1);
+    let sa = Session::new(&a, SessionConfig::default());
+    let sb = Session::new(&b, SessionConfig::default());
+    Pair {
+        _d: d,
+        a,
+        b,
+        sa,
+        sb,
+    }
+}
+
+fn view(s: &Store) -> Vec<(u32, BlobHash)> {
+    let ib = s.mailbox_id("alice", "INBOX").unwrap();
+    s.messages("alice", &ib)
+        .unwrap()
+        .iter()
+        .map(|m| (m.uid, m.blob))
+        .collect()
+}
+
+#[test]
+fn first_sync_brings_documents_and_bodies() {
+    let mut p = pair();
+    let ib = p.a.mailbox_id("alice", "INBOX").unwrap();
+    for i in 0..20 {
+        p.a.append(
+            "alice",
+            &ib,
+            &msg(i),
+            &[],
+            0,
+            Timestamp(1_800_000_000_100 + i as i64),
+        )
+        .unwrap();
+    }
+    let now = Timestamp(1_800_000_001_000);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    assert_eq!(view(&p.b).len(), 20);
+    assert_eq!(view(&p.a), view(&p.b));
+    assert_eq!(p.a.manifest(), p.b.manifest());
+    assert_eq!(p.sb.stats().blobs_in, 20);
+    assert!(p.sa.closed().is_none() && p.sb.closed().is_none());
+}
+
+#[test]
+fn a_local_write_is_pushed_without_waiting_for_a_timer() {
+    let mut p = pair();
+    let now = Timestamp(1_800_000_001_000);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    let ib = p.a.mailbox_id("alice", "INBOX").unwrap();
+    p.a.append("alice", &ib, &msg(1), &[], 0, now).unwrap();
+    p.sa.local_change(&mut p.a);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    assert_eq!(view(&p.b), view(&p.a));
+    assert_eq!(view(&p.b).len(), 1);
+}
+
+#[test]
+fn a_reconnect_sends_only_what_differs() {
+    let mut p = pair();
+    let ib = p.a.mailbox_id("alice", "INBOX").unwrap();
+    for i in 0..50 {
+        p.a.append(
+            "alice",
+            &ib,
+            &msg(i),
+            &[],
+            0,
+            Timestamp(1_800_000_000_100 + i as i64),
+        )
+        .unwrap();
+    }
+    let now = Timestamp(1_800_000_001_000);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    p.a.append("alice", &ib, &msg(99), &[], 0, now).unwrap();
+    // New connection.
+    let mut sa = Session::new(&p.a, SessionConfig::default());
+    let mut sb = Session::new(&p.b, SessionConfig::default());
+    pump(&mut p.a, &mut sa, &mut p.b, &mut sb, now);
+    assert_eq!(view(&p.b), view(&p.a));
+    assert_eq!(
+        sa.stats().changes_out,
+        1,
+        "only the new append's change is sent"
+    );
+    assert_eq!(sb.stats().blobs_in, 1);
+}
+
+#[test]
+fn a_peer_with_another_protocol_version_is_refused_with_a_reason() {
+    let mut p = pair();
+    let now = Timestamp(1_800_000_001_000);
+    p.sb.handle_frame(
+        &mut p.b,
+        Frame::Hello {
+            version: PROTOCOL_VERSION + 1,
+            slot: 0,
+        },
+        now,
+    );
+    let closed = p.sb.closed().unwrap();
+    assert_eq!(closed.code, CloseCode::VersionMismatch);
+    assert!(closed.reason.contains("not supported"), "{}", closed.reason);
+    let mut frames = Vec::new();
+    while let Some(f) = p.sb.poll_frame() {
+        frames.push(f);
+    }
+    assert!(matches!(frames.last(), Some(Frame::Close { code: 1, .. })));
+}
+
+#[test]
+fn a_peer_claiming_our_slot_is_refused() {
+    let mut p = pair();
+    p.sb.handle_frame(
+        &mut p.b,
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            slot: 1,
+        },
+        Timestamp(0),
+    );
+    assert_eq!(p.sb.closed().unwrap().code, CloseCode::Protocol);
+}
+
+#[test]
+fn frames_before_hello_are_a_protocol_error() {
+    let mut p = pair();
+    p.sb.handle_frame(&mut p.b, Frame::Manifest { docs: vec![] }, Timestamp(0));
+    assert_eq!(p.sb.closed().unwrap().code, CloseCode::Protocol);
+}
+
+#[test]
+fn a_body_that_does_not_match_its_hash_closes_the_session_and_stores_nothing() {
+    let mut p = pair();
+    let now = Timestamp(1_800_000_001_000);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    let h = BlobHash::of(b"the real body");
+    p.sb.handle_frame(
+        &mut p.b,
+        Frame::Blob {
+            hash: h,
+            data: b"something else".to_vec(),
+        },
+        now,
+    );
+    assert_eq!(p.sb.closed().unwrap().code, CloseCode::BadData);
+    assert!(!p.b.has_blob(&h));
+    // The store keeps serving.
+    let ib = p.b.mailbox_id("alice", "INBOX").unwrap();
+    p.b.append("alice", &ib, &msg(5), &[], 0, now).unwrap();
+}
+
+#[test]
+fn malformed_changes_close_the_session_and_change_nothing() {
+    let mut p = pair();
+    let now = Timestamp(1_800_000_001_000);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    let before = p.b.manifest();
+    p.sb.handle_frame(
+        &mut p.b,
+        Frame::Changes {
+            docs: vec![(
+                "alice/inbox/0/0".into(),
+                vec![b"not an automerge change".to_vec()],
+            )],
+        },
+        now,
+    );
+    assert_eq!(p.sb.closed().unwrap().code, CloseCode::BadData);
+    assert_eq!(p.b.manifest(), before);
+    let mut p2 = pair();
+    p2.sb.handle_frame(
+        &mut p2.b,
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            slot: 0,
+        },
+        now,
+    );
+    p2.sb.handle_frame(
+        &mut p2.b,
+        Frame::Changes {
+            docs: vec![("../../etc".into(), vec![vec![1]])],
+        },
+        now,
+    );
+    assert_eq!(p2.sb.closed().unwrap().code, CloseCode::BadData);
+}
