@@ -436,6 +436,16 @@ impl Sim {
                 c.b.handle_timeout(s, now);
             }
         }
+        // Held changes released by a timeout changed the store: relay them too.
+        for i in 0..self.nodes.len() {
+            if self.nodes[i]
+                .store
+                .as_mut()
+                .is_some_and(|s| !s.take_events().is_empty())
+            {
+                self.push_local(i);
+            }
+        }
     }
 
     fn flush(&mut self, faults: bool) {

@@ -4,10 +4,27 @@
 
 use tandem_sim::{Sim, SimConfig};
 
+/// Runs `seeds` with `cfg`, or only the seed in `TANDEM_SIM_SEED` (with this test's `cfg`).
+fn run_seeds(seeds: std::ops::RangeInclusive<u64>, cfg: SimConfig) {
+    match std::env::var("TANDEM_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => run(seed, cfg),
+        None => {
+            for seed in seeds {
+                run(seed, cfg.clone());
+            }
+        }
+    }
+}
+
 fn run(seed: u64, cfg: SimConfig) {
     let mut sim = Sim::new(seed, cfg).expect("set up");
     if let Err(e) = sim.run() {
-        panic!("simulation seed {seed} failed (replay with TANDEM_SIM_SEED={seed}):\n{e}");
+        panic!(
+            "simulation seed {seed} failed (replay this test with TANDEM_SIM_SEED={seed}):\n{e}"
+        );
     }
     eprintln!("seed {seed}: {}", sim.summary());
 }
@@ -37,9 +54,7 @@ fn fixed_seeds_three_nodes() {
         }
         return;
     }
-    for seed in 1..=12 {
-        run(seed, SimConfig::default());
-    }
+    run_seeds(1..=12, SimConfig::default());
 }
 
 #[test]
@@ -52,9 +67,7 @@ fn fixed_seeds_two_nodes_heavy_faults() {
         max_delay_ms: 80,
         fault_per_mille: 120,
     };
-    for seed in 100..=107 {
-        run(seed, cfg.clone());
-    }
+    run_seeds(100..=107, cfg);
 }
 
 #[test]
@@ -64,7 +77,5 @@ fn four_nodes_relay_through_partial_partitions() {
         steps: 200,
         ..SimConfig::default()
     };
-    for seed in 200..=203 {
-        run(seed, cfg.clone());
-    }
+    run_seeds(200..=203, cfg);
 }

@@ -221,6 +221,16 @@ impl Store {
         out.into_iter().collect()
     }
 
+    /// The hashes of automerge changes given as bytes (undecodable ones are skipped): what a
+    /// sync layer records as "the peer has these" after applying a peer's changes, so it does
+    /// not echo them back.
+    pub fn change_hashes(changes: &[Vec<u8>]) -> Vec<ChangeHash> {
+        changes
+            .iter()
+            .filter_map(|b| Change::from_bytes(b.clone()).ok().map(|c| c.hash()))
+            .collect()
+    }
+
     /// Whether this store has blob `h`.
     pub fn has_blob(&self, h: &BlobHash) -> bool {
         self.blobs.contains(h)

@@ -53,6 +53,11 @@ pub enum Frame {
         /// The raw message.
         data: Vec<u8>,
     },
+    /// Answer to WantBlobs for bodies the sender does not have: ask another peer.
+    Missing {
+        /// Hashes of the bodies the sender lacks.
+        hashes: Vec<BlobHash>,
+    },
     /// The sender is closing the connection, and why.
     Close {
         /// A [`CloseCode`] value.
@@ -180,6 +185,7 @@ impl Frame {
             Frame::WantBlobs { .. } => 4,
             Frame::Blob { .. } => 5,
             Frame::Close { .. } => 6,
+            Frame::Missing { .. } => 7,
         }
     }
 
@@ -212,7 +218,7 @@ impl Frame {
                     }
                 }
             }
-            Frame::WantBlobs { hashes } => {
+            Frame::WantBlobs { hashes } | Frame::Missing { hashes } => {
                 w.u32(hashes.len());
                 for h in hashes {
                     w.hash(&h.0);
@@ -338,6 +344,19 @@ impl Frame {
                 r.end()?;
                 Frame::Close { code, reason }
             }
+            7 => {
+                let mut r = R {
+                    buf: p,
+                    what: "Missing",
+                };
+                let n = r.count(32)?;
+                let mut hashes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    hashes.push(BlobHash(r.hash()?));
+                }
+                r.end()?;
+                Frame::Missing { hashes }
+            }
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(frame)
@@ -373,6 +392,9 @@ mod tests {
             Frame::Close {
                 code: 2,
                 reason: "bye".into(),
+            },
+            Frame::Missing {
+                hashes: vec![BlobHash([3; 32]), BlobHash([4; 32])],
             },
         ]
     }

@@ -1,6 +1,6 @@
 //! [`Session`]: one side of a sync connection, as a state machine without I/O or clock.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use tandem_store::{BlobHash, ChangeHash, Error as StoreError, Store, Timestamp};
 
@@ -82,8 +82,11 @@ pub struct Session {
     peer_slot: Option<u8>,
     /// What the peer is known to have, per document: heads it announced or that we sent.
     peer_heads: HashMap<String, Vec<ChangeHash>>,
-    /// Bodies requested from this peer and not yet received.
-    blobs_requested: BTreeSet<BlobHash>,
+    /// Bodies requested from this peer and not yet received, with when they were asked for.
+    /// A request is repeated only after `3 × resync_interval_ms` (a slow link is not flooded).
+    blobs_requested: BTreeMap<BlobHash, Timestamp>,
+    /// Bodies this peer said it does not have; not asked of it again until its next manifest.
+    peer_lacks: BTreeSet<BlobHash>,
     /// Batches of changes waiting for their bodies, oldest first. They are applied in order, each
     /// as one batch once all its bodies are here, so a first sync shows messages in UID order
     /// and never has to lift one above another that merely arrived first.
@@ -107,7 +110,8 @@ impl Session {
             phase: Phase::Handshake,
             peer_slot: None,
             peer_heads: HashMap::new(),
-            blobs_requested: BTreeSet::new(),
+            blobs_requested: BTreeMap::new(),
+            peer_lacks: BTreeSet::new(),
             held: VecDeque::new(),
             out,
             next_resync: None,
@@ -136,6 +140,11 @@ impl Session {
     /// Why the session ended, once it has.
     pub fn closed(&self) -> Option<&Closed> {
         self.closed.as_ref()
+    }
+
+    /// Whether the handshake is done (a driver closes connections that stay silent).
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
     }
 
     /// The peer's slot, once its Hello arrived.
@@ -183,8 +192,8 @@ impl Session {
         let mut docs = Vec::new();
         for (key, heads) in store.manifest() {
             let known = self.peer_heads.get(&key).cloned().unwrap_or_default();
-            if known == heads {
-                continue;
+            if heads.iter().all(|h| known.contains(h)) {
+                continue; // the peer has everything we have of this document
             }
             match store.changes_for(&key, &known) {
                 Ok(ch) if !ch.is_empty() => {
@@ -224,6 +233,10 @@ impl Session {
                     );
                     return;
                 }
+                if slot >= tandem_store::MAX_NODES {
+                    self.close(CloseCode::Protocol, format!("slot {slot} is out of range"));
+                    return;
+                }
                 if slot == store.slot() {
                     self.close(
                         CloseCode::Protocol,
@@ -244,35 +257,46 @@ impl Session {
             (Phase::Ready, Frame::Hello { .. }) => {
                 self.close(CloseCode::Protocol, "second Hello");
             }
-            (Phase::Ready, Frame::Manifest { docs }) => self.on_manifest(store, docs),
+            (Phase::Ready, Frame::Manifest { docs }) => self.on_manifest(store, docs, now),
             (Phase::Ready, Frame::Changes { docs }) => self.on_changes(store, docs, now),
             (Phase::Ready, Frame::WantBlobs { hashes }) => {
+                let mut missing = Vec::new();
                 for h in hashes {
-                    if !store.has_blob(&h) {
-                        continue; // we lost it or never had it; another peer may answer
-                    }
                     match store.message_bytes(&h) {
-                        Ok(data) => {
+                        Ok(data) if data.len() + 64 <= crate::frame::MAX_FRAME => {
                             self.stats.blobs_out += 1;
                             self.out.push_back(Frame::Blob { hash: h, data });
                         }
-                        // A damaged local copy is not sent; the peer will ask elsewhere.
-                        Err(_) => continue,
+                        // Never had it, lost it, a damaged copy, or too large for a frame:
+                        // say so, and the peer asks elsewhere.
+                        _ => missing.push(h),
                     }
                 }
+                if !missing.is_empty() {
+                    self.out.push_back(Frame::Missing { hashes: missing });
+                }
+            }
+            (Phase::Ready, Frame::Missing { hashes }) => {
+                for h in hashes {
+                    self.blobs_requested.remove(&h);
+                    self.peer_lacks.insert(h);
+                }
+                self.request_blobs(store, now);
             }
             (Phase::Ready, Frame::Blob { hash, data }) => {
-                if !self.blobs_requested.remove(&hash) && store.has_blob(&hash) {
+                if self.blobs_requested.remove(&hash).is_none() && store.has_blob(&hash) {
                     return; // a duplicate
                 }
                 match store.put_blob(&hash, &data, now) {
                     Ok(()) => {
                         self.stats.blobs_in += 1;
                         for h in self.held.iter_mut() {
-                            h.needs.remove(&hash);
+                            if h.needs.remove(&hash) {
+                                h.since = now; // progress: the hold runs from the last body
+                            }
                         }
                         self.release_held(store, now);
-                        self.request_blobs(store);
+                        self.request_blobs(store, now);
                     }
                     Err(StoreError::BlobHashMismatch { expected }) => {
                         self.close(
@@ -288,18 +312,26 @@ impl Session {
     }
 
     fn send_manifest(&mut self, store: &Store, now: Timestamp) {
-        self.out.push_back(Frame::Manifest {
-            docs: store.manifest(),
-        });
+        // While changes wait for their bodies our manifest would not list them, and the peer
+        // would send them all again: skip it until they are applied.
+        if self.held.is_empty() {
+            self.out.push_back(Frame::Manifest {
+                docs: store.manifest(),
+            });
+        }
         self.next_resync = Some(Timestamp(now.0 + self.cfg.resync_interval_ms));
-        // Requests the peer could not answer (or whose answer was lost) are asked again.
-        self.blobs_requested.clear();
-        self.request_blobs(store);
+        self.request_blobs(store, now);
     }
 
     /// The peer told us what it has: send what it lacks, ask for bodies we lack.
-    fn on_manifest(&mut self, store: &mut Store, docs: Vec<(String, Vec<ChangeHash>)>) {
+    fn on_manifest(
+        &mut self,
+        store: &mut Store,
+        docs: Vec<(String, Vec<ChangeHash>)>,
+        now: Timestamp,
+    ) {
         let theirs: HashMap<String, Vec<ChangeHash>> = docs.into_iter().collect();
+        self.peer_lacks.clear(); // it may have received them since
         let mut out = Vec::new();
         for (key, mine) in store.manifest() {
             let their = theirs.get(&key).cloned().unwrap_or_default();
@@ -322,7 +354,7 @@ impl Session {
             }
         }
         self.queue_changes(out);
-        self.request_blobs(store);
+        self.request_blobs(store, now);
     }
 
     fn on_changes(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
@@ -337,12 +369,15 @@ impl Session {
             since: now,
         });
         self.release_held(store, now);
-        self.request_blobs(store);
+        self.request_blobs(store, now);
     }
 
-    /// Applies held batches, in order, whose bodies are all here or that waited long enough.
+    /// Applies held batches, in order, whose bodies are all here or that made no progress for
+    /// `hold_for_bodies_ms` (their bodies may come later, from anyone).
     fn release_held(&mut self, store: &mut Store, now: Timestamp) {
-        while let Some(front) = self.held.front() {
+        while let Some(front) = self.held.front_mut() {
+            // Bodies can also arrive through another peer's session.
+            front.needs.retain(|h| !store.has_blob(h));
             let expired = now.0 - front.since.0 >= self.cfg.hold_for_bodies_ms;
             if !front.needs.is_empty() && !expired {
                 break;
@@ -358,10 +393,21 @@ impl Session {
 
     fn apply(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
         let n: u64 = docs.iter().map(|(_, c)| c.len() as u64).sum();
+        // The peer has what it sent: remember that, so a relay does not echo it back.
+        let sent: Vec<(String, Vec<ChangeHash>)> = docs
+            .iter()
+            .map(|(k, c)| (k.clone(), Store::change_hashes(c)))
+            .collect();
         match store.apply_changes_batch(docs, now) {
             Ok(()) => {
                 self.stats.changes_in += n;
-                self.request_blobs(store);
+                for (key, hashes) in sent {
+                    let known = self.peer_heads.entry(key).or_default();
+                    known.extend(hashes);
+                    known.sort_unstable();
+                    known.dedup();
+                }
+                self.request_blobs(store, now);
             }
             Err(e @ (StoreError::BadChanges { .. } | StoreError::InvalidDocKey(_))) => {
                 self.close(CloseCode::BadData, e.to_string());
@@ -372,7 +418,10 @@ impl Session {
 
     /// Asks the peer for bodies this store is waiting for (those of held changes first, in
     /// order), a bounded number at a time.
-    fn request_blobs(&mut self, store: &Store) {
+    fn request_blobs(&mut self, store: &Store, now: Timestamp) {
+        // Unanswered for a long while (lost on a cut stream): ask again.
+        let stale = now.0 - 3 * self.cfg.resync_interval_ms;
+        self.blobs_requested.retain(|_, at| at.0 > stale);
         let room = self
             .cfg
             .max_blobs_in_flight
@@ -384,13 +433,17 @@ impl Session {
         let mut seen = BTreeSet::new();
         let want: Vec<BlobHash> = held
             .chain(store.missing_blobs())
-            .filter(|h| !self.blobs_requested.contains(h) && seen.insert(*h))
+            .filter(|h| {
+                !self.blobs_requested.contains_key(h)
+                    && !self.peer_lacks.contains(h)
+                    && seen.insert(*h)
+            })
             .take(room)
             .collect();
         if want.is_empty() {
             return;
         }
-        self.blobs_requested.extend(want.iter().copied());
+        self.blobs_requested.extend(want.iter().map(|h| (*h, now)));
         self.out.push_back(Frame::WantBlobs { hashes: want });
     }
 
@@ -459,5 +512,6 @@ fn name(f: &Frame) -> &'static str {
         Frame::WantBlobs { .. } => "WantBlobs",
         Frame::Blob { .. } => "Blob",
         Frame::Close { .. } => "Close",
+        Frame::Missing { .. } => "Missing",
     }
 }

@@ -1,0 +1,490 @@
+//! [`Node`]: the QUIC driver around [`tandem_sync::Session`]s — listens, dials configured peers
+//! with capped exponential backoff and jitter, keeps one connection per peer, and moves frames
+//! between sockets and sessions: control frames on one bidirectional stream, message bodies on
+//! unidirectional streams of their own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tandem_store::{Store, Timestamp};
+use tandem_sync::{CloseCode, Frame, MAX_FRAME, Session, SessionConfig};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::NetError;
+use crate::identity::{Identity, NodeId};
+use crate::tls;
+
+/// A peer this node syncs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's node ID: only a certificate with this hash is accepted.
+    pub id: NodeId,
+    /// Where to dial it (empty: only accept its connections).
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address to listen on (`127.0.0.1:0` picks a port).
+    pub listen: SocketAddr,
+    /// Configured peers.
+    pub peers: Vec<PeerConfig>,
+    /// Sync session settings.
+    pub session: SessionConfig,
+    /// First reconnect delay; doubles per failure up to `backoff_max`, with ±25 % jitter.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 22_000)),
+            peers: Vec::new(),
+            session: SessionConfig::default(),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A node that connected but is not a configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Its ID.
+    pub id: NodeId,
+    /// Where it connected from, last time.
+    pub addr: SocketAddr,
+    /// How many times it was refused.
+    pub attempts: u64,
+}
+
+/// What a connection task announces: the store changed, caused by connection `source` (0: a
+/// local write), so sessions push what their peers lack.
+type Changed = u64;
+
+struct Inner {
+    identity: Identity,
+    store: Arc<Mutex<Store>>,
+    endpoint: Endpoint,
+    cfg: NodeConfig,
+    peers: RwLock<BTreeMap<NodeId, PeerConfig>>,
+    pending: Mutex<BTreeMap<NodeId, Pending>>,
+    /// Live connections: peer -> (connection, who dialed).
+    conns: Mutex<BTreeMap<NodeId, (Connection, NodeId)>>,
+    changed: broadcast::Sender<Changed>,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+/// A running sync node. Dropping it does not stop it; call [`Node::shutdown`].
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+fn now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the store lock is a bug elsewhere; keep serving with the state
+    // as it was left (the store itself never has a half-applied operation in memory).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    /// Starts listening and dialing. Must run inside a tokio runtime.
+    pub async fn start(
+        identity: Identity,
+        store: Arc<Mutex<Store>>,
+        cfg: NodeConfig,
+    ) -> Result<Node, NetError> {
+        let peers: BTreeMap<NodeId, PeerConfig> =
+            cfg.peers.iter().map(|p| (p.id, p.clone())).collect();
+        // The endpoint's default server config admits nobody; each incoming connection gets
+        // its own config that knows the remote address (for the pending list).
+        let deny: tls::Admit = Arc::new(|_| false);
+        let server = tls::server_config(&identity, deny)?;
+        let endpoint = Endpoint::server(server, cfg.listen)
+            .map_err(|e| NetError::io(format!("UDP {}", cfg.listen), e))?;
+        let (changed, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            identity,
+            store,
+            endpoint,
+            cfg,
+            peers: RwLock::new(peers),
+            pending: Mutex::new(BTreeMap::new()),
+            conns: Mutex::new(BTreeMap::new()),
+            changed,
+            next_conn: std::sync::atomic::AtomicU64::new(1),
+        });
+        let node = Node {
+            inner,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        let accept = tokio::spawn(accept_loop(node.inner.clone()));
+        lock(&node.tasks).push(accept);
+        let ids: Vec<NodeId> = node
+            .inner
+            .peers
+            .read()
+            .map(|p| p.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            node.spawn_dialer(id);
+        }
+        info!(node = %node.inner.identity.node_id(), addr = ?node.local_addr(), "sync node started");
+        Ok(node)
+    }
+
+    fn spawn_dialer(&self, id: NodeId) {
+        let t = tokio::spawn(dial_loop(self.inner.clone(), id));
+        lock(&self.tasks).push(t);
+    }
+
+    /// This node's ID.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.identity.node_id()
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.endpoint.local_addr().ok()
+    }
+
+    /// Peers with a live connection.
+    pub fn connected(&self) -> Vec<NodeId> {
+        lock(&self.inner.conns).keys().copied().collect()
+    }
+
+    /// Nodes that tried to connect and were refused, for an admin to accept.
+    pub fn pending(&self) -> Vec<Pending> {
+        lock(&self.inner.pending).values().cloned().collect()
+    }
+
+    /// Accepts a node as a peer (from the pending list or not), optionally with addresses to
+    /// dial. It can connect from now on.
+    pub fn add_peer(&self, peer: PeerConfig) {
+        lock(&self.inner.pending).remove(&peer.id);
+        let id = peer.id;
+        let new = match self.inner.peers.write() {
+            Ok(mut p) => p.insert(id, peer).is_none(),
+            Err(_) => false,
+        };
+        if new {
+            self.spawn_dialer(id);
+        }
+    }
+
+    /// Tells the node that the store was written locally: connected peers get the changes now.
+    pub fn notify_local_change(&self) {
+        let _ = self.inner.changed.send(0);
+    }
+
+    /// Closes every connection and stops all tasks.
+    pub async fn shutdown(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        self.inner.endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::Done as u32),
+            b"shutting down",
+        );
+        lock(&self.inner.conns).clear();
+        self.inner.endpoint.wait_idle().await;
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let admit_inner = inner.clone();
+            let admit: tls::Admit = Arc::new(move |id: NodeId| {
+                let known = admit_inner
+                    .peers
+                    .read()
+                    .map(|p| p.contains_key(&id))
+                    .unwrap_or(false);
+                if !known {
+                    let mut pending = lock(&admit_inner.pending);
+                    let e = pending.entry(id).or_insert(Pending {
+                        id,
+                        addr,
+                        attempts: 0,
+                    });
+                    e.addr = addr;
+                    e.attempts += 1;
+                    warn!(peer = %id, %addr, "refused a node that is not a configured peer; listed as pending");
+                }
+                known
+            });
+            let cfg = match tls::server_config(&inner.identity, admit) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    warn!(%addr, "cannot build TLS config: {e}");
+                    return;
+                }
+            };
+            let conn = match incoming.accept_with(cfg) {
+                Ok(c) => c.await,
+                Err(e) => {
+                    warn!(%addr, "incoming connection failed: {e}");
+                    return;
+                }
+            };
+            match conn {
+                Ok(conn) => {
+                    if let Some(id) = tls::peer_id(&conn) {
+                        run_connection(inner, conn, id, id).await;
+                    }
+                }
+                Err(e) => info!(%addr, "handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+async fn dial_loop(inner: Arc<Inner>, id: NodeId) {
+    let mut failures: u32 = 0;
+    let mut rng = jitter_seed(&inner.identity.node_id(), &id);
+    loop {
+        let addrs = inner
+            .peers
+            .read()
+            .ok()
+            .and_then(|p| p.get(&id).map(|p| p.addrs.clone()))
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            return; // accept-only peer
+        }
+        if !lock(&inner.conns).contains_key(&id) {
+            let mut connected = false;
+            for addr in &addrs {
+                let Ok(cfg) = tls::client_config(&inner.identity, id) else {
+                    return;
+                };
+                let attempt = match inner.endpoint.connect_with(cfg, *addr, "tandem") {
+                    Ok(c) => c.await,
+                    Err(e) => {
+                        warn!(peer = %id, %addr, "cannot dial: {e}");
+                        continue;
+                    }
+                };
+                match attempt {
+                    Ok(conn) => {
+                        failures = 0;
+                        connected = true;
+                        run_connection(inner.clone(), conn, id, inner.identity.node_id()).await;
+                        break;
+                    }
+                    Err(e) => info!(peer = %id, %addr, "connect failed: {e}"),
+                }
+            }
+            if !connected {
+                failures = failures.saturating_add(1);
+            }
+        }
+        // Capped exponential backoff with ±25 % jitter, so two nodes restarting together do
+        // not dial each other in lockstep forever.
+        let base = inner.cfg.backoff_min.as_millis() as u64;
+        let cap = inner.cfg.backoff_max.as_millis() as u64;
+        let delay = base
+            .saturating_mul(1u64 << failures.min(16))
+            .min(cap.max(base));
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let jitter = (delay / 4).max(1);
+        let d = delay - jitter + rng % (2 * jitter);
+        tokio::time::sleep(Duration::from_millis(d)).await;
+    }
+}
+
+fn jitter_seed(a: &NodeId, b: &NodeId) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for (i, byte) in a.0.iter().chain(b.0.iter()).enumerate() {
+        x ^= (*byte as u64) << ((i % 8) * 8);
+        x = x.rotate_left(5).wrapping_mul(0x100_0000_01B3);
+    }
+    x | 1
+}
+
+/// Registers the connection (one per peer: of two simultaneous ones, both sides keep the one
+/// dialed by the lower node ID), then runs the session until either side closes.
+async fn run_connection(inner: Arc<Inner>, conn: Connection, peer: NodeId, dialer: NodeId) {
+    {
+        let mut conns = lock(&inner.conns);
+        if let Some((old, old_dialer)) = conns.get(&peer)
+            && old.close_reason().is_none()
+        {
+            if *old_dialer <= dialer {
+                conn.close(
+                    quinn::VarInt::from_u32(CloseCode::Done as u32),
+                    b"duplicate connection",
+                );
+                return;
+            }
+            old.close(
+                quinn::VarInt::from_u32(CloseCode::Done as u32),
+                b"duplicate connection",
+            );
+        }
+        conns.insert(peer, (conn.clone(), dialer));
+    }
+    let me = inner
+        .next_conn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    info!(peer = %peer, remote = %conn.remote_address(), "connected");
+    let we_dialed = dialer == inner.identity.node_id();
+    let streams = if we_dialed {
+        conn.open_bi().await
+    } else {
+        conn.accept_bi().await
+    };
+    let reason = match streams {
+        Ok((send, recv)) => drive(&inner, &conn, me, send, recv).await,
+        Err(e) => format!("no control stream: {e}"),
+    };
+    info!(peer = %peer, "disconnected: {reason}");
+    let mut conns = lock(&inner.conns);
+    if conns
+        .get(&peer)
+        .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
+    {
+        conns.remove(&peer);
+    }
+}
+
+/// Moves frames until the connection ends; returns why it ended.
+async fn drive(
+    inner: &Arc<Inner>,
+    conn: &Connection,
+    me: u64,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> String {
+    let mut session = Session::new(&lock(&inner.store), inner.cfg.session.clone());
+    let mut changed = inner.changed.subscribe();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = flush(conn, &mut session, &mut send).await {
+            return e;
+        }
+        if let Some(c) = session.closed() {
+            conn.close(quinn::VarInt::from_u32(c.code as u32), c.reason.as_bytes());
+            return c.to_string();
+        }
+        let sleep = session
+            .poll_timeout()
+            .map(|t| Duration::from_millis((t.0 - now().0).max(0) as u64))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            read = recv.read(&mut chunk) => {
+                match read {
+                    Ok(Some(n)) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        loop {
+                            match Frame::decode(&buf) {
+                                Ok(Some((frame, used))) => {
+                                    buf.drain(..used);
+                                    handle(inner, &mut session, frame, me);
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    let reason = format!("malformed frame from peer: {e}");
+                                    warn!("{reason}");
+                                    session.close(CloseCode::Protocol, reason);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => return "control stream finished by peer".into(),
+                    Err(e) => return format!("control stream: {e}"),
+                }
+            }
+            uni = conn.accept_uni() => {
+                match uni {
+                    Ok(mut r) => match r.read_to_end(MAX_FRAME + 4).await {
+                        Ok(bytes) => match Frame::decode(&bytes) {
+                            Ok(Some((frame @ Frame::Blob { .. }, used))) if used == bytes.len() => handle(inner, &mut session, frame, me),
+                            Ok(_) => session.close(CloseCode::Protocol, "a body stream must hold exactly one Blob frame"),
+                            Err(e) => session.close(CloseCode::Protocol, format!("malformed body frame: {e}")),
+                        },
+                        Err(e) => warn!("body stream cut: {e}"), // re-requested at the next manifest
+                    },
+                    Err(e) => return format!("connection: {e}"),
+                }
+            }
+            msg = changed.recv() => {
+                match msg {
+                    Ok(source) if source == me => {}
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        session.local_change(&mut lock(&inner.store));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return "node shut down".into(),
+                }
+            }
+            _ = tokio::time::sleep(sleep) => {
+                session.handle_timeout(&mut lock(&inner.store), now());
+            }
+        }
+    }
+}
+
+fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64) {
+    let changed = {
+        let mut store = lock(&inner.store);
+        session.handle_frame(&mut store, frame, now());
+        !store.take_events().is_empty()
+    };
+    if changed {
+        // Relay what arrived to the other peers at once.
+        let _ = inner.changed.send(me);
+    }
+}
+
+/// Sends what the session has queued: control frames on the control stream, bodies each on a
+/// new unidirectional stream.
+async fn flush(
+    conn: &Connection,
+    session: &mut Session,
+    send: &mut SendStream,
+) -> Result<(), String> {
+    while let Some(frame) = session.poll_frame() {
+        let bytes = frame.encode();
+        if matches!(frame, Frame::Blob { .. }) {
+            let mut s = conn
+                .open_uni()
+                .await
+                .map_err(|e| format!("opening a body stream: {e}"))?;
+            // Written in the background so a large body does not hold up control frames.
+            tokio::spawn(async move {
+                if s.write_all(&bytes).await.is_ok() {
+                    let _ = s.finish();
+                }
+            });
+        } else {
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| format!("control stream: {e}"))?;
+        }
+    }
+    Ok(())
+}
