@@ -18,6 +18,9 @@ use crate::NetError;
 use crate::identity::{Identity, NodeId};
 use crate::tls;
 
+/// How long a connected peer has to send its Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A peer this node syncs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -382,6 +385,8 @@ async fn drive(
     let mut changed = inner.changed.subscribe();
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    // A peer that completes TLS but never says Hello is not kept (keep-alives would).
+    let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
         if let Err(e) = flush(conn, &mut session, &mut send).await {
             return e;
@@ -390,10 +395,18 @@ async fn drive(
             conn.close(quinn::VarInt::from_u32(c.code as u32), c.reason.as_bytes());
             return c.to_string();
         }
-        let sleep = session
+        if !session.is_ready() && tokio::time::Instant::now() >= hello_deadline {
+            session.close(CloseCode::Protocol, "no Hello within the handshake timeout");
+            continue;
+        }
+        let mut sleep = session
             .poll_timeout()
             .map(|t| Duration::from_millis((t.0 - now().0).max(0) as u64))
             .unwrap_or(Duration::from_secs(3600));
+        if !session.is_ready() {
+            sleep =
+                sleep.min(hello_deadline.saturating_duration_since(tokio::time::Instant::now()));
+        }
         tokio::select! {
             read = recv.read(&mut chunk) => {
                 match read {
