@@ -173,6 +173,17 @@ impl Node {
         lock(&self.inner.conns).keys().copied().collect()
     }
 
+    /// Bytes sent and received over the live connections (UDP payload, QUIC overhead and
+    /// retransmissions included).
+    pub fn traffic(&self) -> (u64, u64) {
+        lock(&self.inner.conns)
+            .values()
+            .fold((0, 0), |(tx, rx), (c, _)| {
+                let s = c.stats();
+                (tx + s.udp_tx.bytes, rx + s.udp_rx.bytes)
+            })
+    }
+
     /// Nodes that tried to connect and were refused, for an admin to accept.
     pub fn pending(&self) -> Vec<Pending> {
         lock(&self.inner.pending).values().cloned().collect()
@@ -327,15 +338,19 @@ fn jitter_seed(a: &NodeId, b: &NodeId) -> u64 {
     x | 1
 }
 
-/// Registers the connection (one per peer: of two simultaneous ones, both sides keep the one
-/// dialed by the lower node ID), then runs the session until either side closes.
+/// Registers the connection (one per peer: a redial replaces the dialer's old connection; of
+/// two simultaneous ones, both sides keep the one dialed by the lower node ID), then runs the
+/// session until either side closes.
 async fn run_connection(inner: Arc<Inner>, conn: Connection, peer: NodeId, dialer: NodeId) {
     {
         let mut conns = lock(&inner.conns);
         if let Some((old, old_dialer)) = conns.get(&peer)
             && old.close_reason().is_none()
         {
-            if *old_dialer <= dialer {
+            // Same dialer again: it redialed because it considers the old connection dead
+            // (a restart), so the new one wins. Different dialers: a simultaneous dial, and
+            // both sides keep the one dialed by the lower node ID.
+            if *old_dialer != dialer && *old_dialer < dialer {
                 conn.close(
                     quinn::VarInt::from_u32(CloseCode::Done as u32),
                     b"duplicate connection",
@@ -462,13 +477,14 @@ async fn drive(
 }
 
 fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64) {
-    let changed = {
-        let mut store = lock(&inner.store);
-        session.handle_frame(&mut store, frame, now());
-        !store.take_events().is_empty()
-    };
-    if changed {
-        // Relay what arrived to the other peers at once.
+    let mut store = lock(&inner.store);
+    session.handle_frame(&mut store, frame, now());
+    if !store.take_events().is_empty() {
+        // What we just merged may have needed fix-ups (lifts, re-stamps): the sender needs
+        // those at once, not at the next manifest (the session knows what the sender has, so
+        // nothing is echoed). And relay it all to the other peers.
+        session.local_change(&mut store);
+        drop(store);
         let _ = inner.changed.send(me);
     }
 }

@@ -1,0 +1,389 @@
+//! Sync benchmark over QUIC on loopback, JSON lines like the store benchmark:
+//!
+//! ```text
+//! cargo bench -p tandem-net --bench sync              # 10,000 messages, 1,000 lag samples
+//! cargo bench -p tandem-net --bench sync -- --quick   # CI size
+//! ```
+//!
+//! - initial sync of N messages of ~4 KB to an empty node (the receiver runs in its own process,
+//!   so its peak RSS is its own): wall time, bytes on the wire, receiver peak RSS; and, when
+//!   `doveadm` is installed, `doveadm sync` of the same messages between two Dovecot maildirs;
+//! - replication lag: append on A until visible in B's store, p50 and p99;
+//! - heal: after a partition in which each side took 100 new messages and 1,000 flag changes,
+//!   time until both stores hold the same state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tandem_net::{Identity, Node, NodeConfig, PeerConfig};
+use tandem_store::{Flag, FlagOp, NewMessage, Store, StoreConfig, Timestamp};
+
+fn emit(bench: &str, metric: &str, value: f64, unit: &str) {
+    println!(
+        "{{\"bench\":\"{bench}\",\"metric\":\"{metric}\",\"value\":{value:.3},\"unit\":\"{unit}\"}}"
+    );
+}
+
+fn now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+fn message(i: u64) -> Vec<u8> {
+    let mut m = format!(
+        "From: Sender {i} <s{i}@example.org>\r\nTo: alice@example.org\r\nSubject: sync benchmark {i}\r\nDate: Fri, 4 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{i}@sync.bench>\r\n\r\n"
+    )
+    .into_bytes();
+    while m.len() < 4096 {
+        m.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do.\r\n",
+        );
+    }
+    m
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn open(dir: &Path, slot: u8, durable: bool) -> Arc<Mutex<Store>> {
+    let mut s = Store::open(
+        dir,
+        StoreConfig {
+            slot,
+            durable,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    s.create_account("alice", now()).unwrap();
+    Arc::new(Mutex::new(s))
+}
+
+fn cfg() -> NodeConfig {
+    NodeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..NodeConfig::default()
+    }
+}
+
+fn count(s: &Arc<Mutex<Store>>) -> usize {
+    let s = s.lock().unwrap();
+    let ib = s.mailbox_id("alice", "INBOX").unwrap();
+    s.status("alice", &ib).unwrap().exists as usize
+}
+
+fn append_many(s: &Arc<Mutex<Store>>, ids: impl Iterator<Item = u64>) {
+    let raws: Vec<Vec<u8>> = ids.map(message).collect();
+    let mut s = s.lock().unwrap();
+    let ib = s.mailbox_id("alice", "INBOX").unwrap();
+    for chunk in raws.chunks(500) {
+        let msgs: Vec<NewMessage<'_>> = chunk
+            .iter()
+            .map(|r| NewMessage {
+                raw: r,
+                flags: vec![],
+                internal_date: 0,
+            })
+            .collect();
+        s.append_batch("alice", &ib, &msgs, now()).unwrap();
+    }
+}
+
+/// Child: the empty receiver (durable store). Prints its figures once it has `n` messages.
+async fn receiver(dir: &str, a_id: &str, a_addr: &str, n: usize) {
+    let dir = Path::new(dir);
+    let identity = Identity::load_or_create(&dir.join("id")).unwrap();
+    let store = open(&dir.join("store"), 1, true);
+    let start = Instant::now();
+    let node = Node::start(identity, store.clone(), cfg()).await.unwrap();
+    node.add_peer(PeerConfig {
+        id: a_id.parse().unwrap(),
+        addrs: vec![a_addr.parse().unwrap()],
+    });
+    while count(&store) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (tx, rx) = node.traffic();
+    emit("initial_sync", "time", secs, "s");
+    emit("initial_sync", "throughput", n as f64 / secs, "msg/s");
+    emit("initial_sync", "bytes_on_wire", (tx + rx) as f64, "B");
+    emit("initial_sync", "receiver_peak_rss", peak_rss_mib(), "MiB");
+    node.shutdown().await;
+}
+
+async fn initial_sync(n: u64) -> Option<f64> {
+    let d = tempfile::tempdir().unwrap();
+    let a_store = open(&d.path().join("a"), 0, false);
+    append_many(&a_store, 0..n);
+    a_store.lock().unwrap().compact().unwrap();
+    let b_dir = d.path().join("b");
+    let b_id = Identity::load_or_create(&b_dir.join("id"))
+        .unwrap()
+        .node_id();
+    let a = Node::start(Identity::generate().unwrap(), a_store, cfg())
+        .await
+        .unwrap();
+    a.add_peer(PeerConfig {
+        id: b_id,
+        addrs: vec![],
+    });
+    let exe = std::env::current_exe().unwrap();
+    let args = vec![
+        "--receiver".to_owned(),
+        b_dir.display().to_string(),
+        a.node_id().to_string(),
+        a.local_addr().unwrap().to_string(),
+        n.to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new(exe).args(args).output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{stdout}");
+    a.shutdown().await;
+    stdout
+        .lines()
+        .find(|l| l.contains("\"initial_sync\",\"metric\":\"time\""))
+        .and_then(|l| l.split("\"value\":").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `doveadm sync` of the same messages from one maildir into an empty one, if Dovecot is here.
+fn dsync(n: u64, tandem_secs: Option<f64>) {
+    if Command::new("doveadm").arg("-V").output().is_err() {
+        eprintln!(
+            "doveadm not installed: skipping the Dovecot comparison (apt-get install dovecot-core)"
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(src.join(sub)).unwrap();
+    }
+    for i in 0..n {
+        std::fs::write(src.join("cur").join(format!("{i}.bench:2,")), message(i)).unwrap();
+    }
+    std::fs::create_dir_all(d.path().join("run")).unwrap();
+    std::fs::create_dir_all(d.path().join("state")).unwrap();
+    // Dovecot will not touch mail as root: run the mail side as `nobody`.
+    let conf = d.path().join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mail_location = maildir:{src}\nbase_dir = {run}\nstate_dir = {state}\nlog_path = /dev/stderr\nssl = no\nprotocols =\nmail_uid = nobody\nmail_gid = nogroup\n",
+            src = src.display(),
+            run = d.path().join("run").display(),
+            state = d.path().join("state").display(),
+        ),
+    )
+    .unwrap();
+    let _ = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(d.path())
+        .status();
+    let dst = d.path().join("dst");
+    let start = Instant::now();
+    let out = Command::new("doveadm")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "sync",
+            &format!("maildir:{}", dst.display()),
+        ])
+        .env("USER", "nobody")
+        .env("HOME", d.path())
+        .output()
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        eprintln!(
+            "doveadm sync failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let copied = ["cur", "new"]
+        .iter()
+        .map(|s| {
+            std::fs::read_dir(dst.join(s))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        })
+        .sum::<usize>();
+    emit("initial_sync_dovecot_dsync", "time", secs, "s");
+    emit(
+        "initial_sync_dovecot_dsync",
+        "messages",
+        copied as f64,
+        "count",
+    );
+    if let Some(t) = tandem_secs {
+        emit("initial_sync", "tandem_over_dsync", t / secs, "ratio");
+    }
+}
+
+async fn pair(d: &Path) -> (Node, Arc<Mutex<Store>>, Node, Arc<Mutex<Store>>, Identity) {
+    let (ia, ib) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (sa, sb) = (open(&d.join("a"), 0, true), open(&d.join("b"), 1, true));
+    let a = Node::start(ia, sa.clone(), cfg()).await.unwrap();
+    let b = Node::start(ib.clone(), sb.clone(), cfg()).await.unwrap();
+    a.add_peer(PeerConfig {
+        id: b.node_id(),
+        addrs: vec![b.local_addr().unwrap()],
+    });
+    b.add_peer(PeerConfig {
+        id: a.node_id(),
+        addrs: vec![a.local_addr().unwrap()],
+    });
+    while a.connected().is_empty() || b.connected().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (a, sa, b, sb, ib)
+}
+
+async fn lag(samples: usize) {
+    let d = tempfile::tempdir().unwrap();
+    let (a, sa, b, sb, _) = pair(d.path()).await;
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let raw = message(1_000_000 + i as u64);
+        let start = Instant::now();
+        {
+            let mut s = sa.lock().unwrap();
+            let ib = s.mailbox_id("alice", "INBOX").unwrap();
+            s.append("alice", &ib, &raw, &[], 0, now()).unwrap();
+        }
+        a.notify_local_change();
+        while count(&sb) <= i {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lat.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|x, y| x.total_cmp(y));
+    emit("replication_lag", "p50", lat[samples / 2], "ms");
+    emit("replication_lag", "p99", lat[samples * 99 / 100], "ms");
+    emit("replication_lag", "max", lat[samples - 1], "ms");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+fn state(s: &Arc<Mutex<Store>>) -> Vec<tandem_store::ChangeHash> {
+    s.lock()
+        .unwrap()
+        .manifest()
+        .into_iter()
+        .flat_map(|(_, h)| h)
+        .collect()
+}
+
+async fn heal(base: u64, appends: u64, flag_changes: u64) {
+    let d = tempfile::tempdir().unwrap();
+    let (a, sa, b, sb, ib) = pair(d.path()).await;
+    append_many(&sa, 0..base);
+    a.notify_local_change();
+    while count(&sb) < base as usize {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Partition: B's node goes away; both sides write.
+    b.shutdown().await;
+    for (k, s) in [(0u64, &sa), (1, &sb)] {
+        let mut s = s.lock().unwrap();
+        let inbox = s.mailbox_id("alice", "INBOX").unwrap();
+        for i in 0..appends {
+            s.append(
+                "alice",
+                &inbox,
+                &message(2_000_000 + k * 10_000 + i),
+                &[],
+                0,
+                now(),
+            )
+            .unwrap();
+        }
+        let uids = s.uids("alice", &inbox).unwrap();
+        for i in 0..flag_changes as usize {
+            let f = [Flag::Seen, Flag::Flagged][i % 2].clone();
+            let u = uids[(i * 7 + k as usize) % uids.len()];
+            s.store_flags("alice", &inbox, &[u], FlagOp::Add, &[f], None, now())
+                .unwrap();
+        }
+    }
+    let start = Instant::now();
+    let b2 = Node::start(ib, sb.clone(), cfg()).await.unwrap();
+    b2.add_peer(PeerConfig {
+        id: a.node_id(),
+        addrs: vec![a.local_addr().unwrap()],
+    });
+    let mut shown = false;
+    loop {
+        if std::env::var("SYNC_DEBUG").is_ok() && !shown && !b2.connected().is_empty() {
+            eprintln!(
+                "connected after {:?}; counts {} {}",
+                start.elapsed(),
+                count(&sa),
+                count(&sb)
+            );
+            shown = true;
+        }
+        let same = state(&sa) == state(&sb)
+            && sa.lock().unwrap().missing_blobs().is_empty()
+            && sb.lock().unwrap().missing_blobs().is_empty();
+        if same {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if std::env::var("SYNC_DEBUG").is_ok() {
+        eprintln!("counts {} {}", count(&sa), count(&sb));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    emit("partition_heal", "time_to_converge", secs, "s");
+    emit(
+        "partition_heal",
+        "messages_after",
+        count(&sa) as f64,
+        "count",
+    );
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--receiver") {
+        receiver(
+            &args[i + 1],
+            &args[i + 2],
+            &args[i + 3],
+            args[i + 4].parse().unwrap(),
+        )
+        .await;
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let n = if quick { 500 } else { 10_000 };
+    let t = initial_sync(n).await;
+    dsync(n, t);
+    lag(if quick { 50 } else { 1000 }).await;
+    heal(if quick { 200 } else { 1000 }, 100, 1000).await;
+}
