@@ -65,6 +65,12 @@ pub(crate) struct BlobStore {
     sync: bool,
     /// Distinguishes temp files of concurrent writers in one process.
     counter: AtomicU64,
+    /// Durable mode: bodies written to `tmp/` but not yet fsynced and moved into place. They
+    /// are readable at once; [`BlobStore::commit_staged`] makes them durable in one go (one
+    /// flush for many bodies) before any journal record that can show them is written. A
+    /// crash loses only staged bodies, which nothing acknowledged refers to; opening deletes
+    /// them, so a body is either durable in place or absent.
+    staged: std::sync::Mutex<std::collections::BTreeMap<BlobHash, PathBuf>>,
 }
 
 impl BlobStore {
@@ -80,6 +86,7 @@ impl BlobStore {
             dir,
             sync,
             counter: AtomicU64::new(0),
+            staged: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -89,7 +96,55 @@ impl BlobStore {
     }
 
     pub(crate) fn contains(&self, h: &BlobHash) -> bool {
-        self.path(h).is_file()
+        self.staged_path(h).is_some() || self.path(h).is_file()
+    }
+
+    fn staged_path(&self, h: &BlobHash) -> Option<PathBuf> {
+        self.staged.lock().ok().and_then(|s| s.get(h).cloned())
+    }
+
+    /// fsyncs every staged body, moves it into place and fsyncs the directories.
+    pub(crate) fn commit_staged(&self) -> Result<()> {
+        let mut staged = self.staged.lock().map_err(|_| {
+            Error::io(
+                &self.dir,
+                std::io::Error::other("blob staging lock poisoned"),
+            )
+        })?;
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // Data first: after all writes, fsyncs are cheap after the first (one journal commit
+        // flushes the others' data too on ext4), unlike write+fsync per body.
+        for tmp in staged.values() {
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(tmp, e))?;
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut new_dirs = false;
+        let done: Vec<BlobHash> = staged.keys().copied().collect();
+        for h in done {
+            let Some(tmp) = staged.get(&h).cloned() else {
+                continue;
+            };
+            let dest = self.path(&h);
+            let parent = dest.parent().unwrap_or(&self.dir).to_owned();
+            if !parent.is_dir() {
+                fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+                new_dirs = true;
+            }
+            fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+            staged.remove(&h);
+            dirs.insert(parent);
+        }
+        if new_dirs {
+            sync_dir(&self.dir)?;
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        Ok(())
     }
 
     /// Stores `raw` (if not already there) and returns its hash and metadata.
@@ -132,36 +187,34 @@ impl BlobStore {
         let res = (|| -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&header)?;
-            f.write_all(raw)?;
-            if self.sync {
-                f.sync_all()?;
-            }
-            Ok(())
+            f.write_all(raw)
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io(&tmp, e));
         }
+        if self.sync {
+            if let Ok(mut staged) = self.staged.lock()
+                && let Some(old) = staged.insert(*h, tmp)
+            {
+                let _ = fs::remove_file(old);
+            }
+            return Ok(());
+        }
         let dest = self.path(h);
         let parent = dest.parent().unwrap_or(&self.dir).to_owned();
         if !parent.is_dir() {
             fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-            if self.sync {
-                sync_dir(&self.dir)?;
-            }
         }
         fs::rename(&tmp, &dest).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io(&dest, e)
         })?;
-        if self.sync {
-            sync_dir(&parent)?;
-        }
         Ok(())
     }
 
     fn read_file(&self, h: &BlobHash) -> Result<(PathBuf, Vec<u8>)> {
-        let p = self.path(h);
+        let p = self.staged_path(h).unwrap_or_else(|| self.path(h));
         let mut buf = Vec::new();
         match File::open(&p) {
             Ok(mut f) => f.read_to_end(&mut buf).map_err(|e| Error::io(&p, e))?,

@@ -254,11 +254,12 @@ impl Store {
                 .push(o);
         }
         for (key, (a, m, origs)) in by_shard {
+            // persist also makes the body durable, even when there is no fix-up to journal:
+            // the instances are about to be shown.
             let res = self
                 .fix_up(&key, &a, &m, &origs, now, &mut bases)
-                .and_then(|local| match local {
-                    Some(local) => self.persist(vec![(key.clone(), local)]),
-                    None => Ok(()),
+                .and_then(|local| {
+                    self.persist(local.map(|l| vec![(key.clone(), l)]).unwrap_or_default())
                 });
             if let Err(e) = res {
                 // Not shown yet: keep them waiting, so the next attempt (or a reopen) shows them.

@@ -255,6 +255,11 @@ impl Store {
 
     /// Makes `record` durable; on failure, drops the in-memory effects on its documents.
     pub(crate) fn persist(&mut self, record: Record) -> Result<()> {
+        // Bodies first: nothing durable may refer to a body that is not.
+        if let Err(e) = self.blobs.commit_staged() {
+            self.evict(record.into_iter().map(|(k, _)| k));
+            return Err(e);
+        }
         if record.is_empty() {
             return Ok(());
         }
