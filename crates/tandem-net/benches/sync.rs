@@ -381,7 +381,14 @@ async fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let n = if quick { 500 } else { 10_000 };
+    let n = if quick {
+        500
+    } else {
+        std::env::var("SYNC_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000)
+    };
     let t = initial_sync(n).await;
     dsync(n, t);
     lag(if quick { 50 } else { 1000 }).await;

@@ -178,7 +178,7 @@ impl Session {
         if self.phase != Phase::Ready {
             return;
         }
-        self.release_held(store, now);
+        self.release_held(store, now, true);
         if self.next_resync.is_some_and(|t| t <= now) {
             self.send_manifest(store, now);
         }
@@ -295,7 +295,7 @@ impl Session {
                                 h.since = now; // progress: the hold runs from the last body
                             }
                         }
-                        self.release_held(store, now);
+                        self.release_held(store, now, false);
                         self.request_blobs(store, now);
                     }
                     Err(StoreError::BlobHashMismatch { expected }) => {
@@ -368,16 +368,20 @@ impl Session {
             needs,
             since: now,
         });
-        self.release_held(store, now);
+        self.release_held(store, now, true);
         self.request_blobs(store, now);
     }
 
     /// Applies held batches, in order, whose bodies are all here or that made no progress for
     /// `hold_for_bodies_ms` (their bodies may come later, from anyone).
-    fn release_held(&mut self, store: &mut Store, now: Timestamp) {
+    /// `recheck`: also drop needs the store already has (bodies can arrive through another
+    /// peer's session). That costs a lookup per need, so it is done on timeouts and for a new
+    /// batch, not on every body (which would make a first sync quadratic).
+    fn release_held(&mut self, store: &mut Store, now: Timestamp, recheck: bool) {
         while let Some(front) = self.held.front_mut() {
-            // Bodies can also arrive through another peer's session.
-            front.needs.retain(|h| !store.has_blob(h));
+            if recheck {
+                front.needs.retain(|h| !store.has_blob(h));
+            }
             let expired = now.0 - front.since.0 >= self.cfg.hold_for_bodies_ms;
             if !front.needs.is_empty() && !expired {
                 break;
