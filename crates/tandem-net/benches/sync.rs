@@ -11,6 +11,9 @@
 //! - replication lag: append on A until visible in B's store, p50 and p99;
 //! - heal: after a partition in which each side took 100 new messages and 1,000 flag changes,
 //!   time until both stores hold the same state.
+//!
+//! `SYNC_N=N` changes the initial-sync size; `SYNC_NODURABLE=1` runs the receiver without fsync
+//! (to see what durability costs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -109,7 +112,11 @@ fn append_many(s: &Arc<Mutex<Store>>, ids: impl Iterator<Item = u64>) {
 async fn receiver(dir: &str, a_id: &str, a_addr: &str, n: usize) {
     let dir = Path::new(dir);
     let identity = Identity::load_or_create(&dir.join("id")).unwrap();
-    let store = open(&dir.join("store"), 1, true);
+    let store = open(
+        &dir.join("store"),
+        1,
+        std::env::var("SYNC_NODURABLE").is_err(),
+    );
     let start = Instant::now();
     let node = Node::start(identity, store.clone(), cfg()).await.unwrap();
     node.add_peer(PeerConfig {
