@@ -21,6 +21,21 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// TLS 1.2 is never negotiated (both configs allow only 1.3); refuse it if asked.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, TlsError> {
+    Err(TlsError::General("TLS 1.2 is not accepted".into()))
+}
+
+/// The handshake signature must verify with the presented certificate's key, whoever it is.
+fn check_tls13(
+    p: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, TlsError> {
+    verify_tls13_signature(message, cert, dss, &p.signature_verification_algorithms)
+}
+
 /// Decides whether a node ID may connect; told about those it refused.
 pub(crate) type Admit = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
@@ -56,7 +71,7 @@ impl ServerCertVerifier for ServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General("TLS 1.2 is not accepted".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -65,12 +80,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        check_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -118,7 +128,7 @@ impl ClientCertVerifier for ClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::General("TLS 1.2 is not accepted".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -127,12 +137,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        check_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

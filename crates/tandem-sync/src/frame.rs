@@ -311,19 +311,9 @@ impl Frame {
                 r.end()?;
                 Frame::Changes { docs }
             }
-            4 => {
-                let mut r = R {
-                    buf: p,
-                    what: "WantBlobs",
-                };
-                let n = r.count(32)?;
-                let mut hashes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    hashes.push(BlobHash(r.hash()?));
-                }
-                r.end()?;
-                Frame::WantBlobs { hashes }
-            }
+            4 => Frame::WantBlobs {
+                hashes: blob_list(p, "WantBlobs")?,
+            },
             5 => {
                 let mut r = R {
                     buf: p,
@@ -344,23 +334,25 @@ impl Frame {
                 r.end()?;
                 Frame::Close { code, reason }
             }
-            7 => {
-                let mut r = R {
-                    buf: p,
-                    what: "Missing",
-                };
-                let n = r.count(32)?;
-                let mut hashes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    hashes.push(BlobHash(r.hash()?));
-                }
-                r.end()?;
-                Frame::Missing { hashes }
-            }
+            7 => Frame::Missing {
+                hashes: blob_list(p, "Missing")?,
+            },
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(frame)
     }
+}
+
+/// A payload that is a count and that many body hashes (WantBlobs, Missing).
+fn blob_list(p: &[u8], what: &'static str) -> Result<Vec<BlobHash>, FrameError> {
+    let mut r = R { buf: p, what };
+    let n = r.count(32)?;
+    let mut hashes = Vec::with_capacity(n);
+    for _ in 0..n {
+        hashes.push(BlobHash(r.hash()?));
+    }
+    r.end()?;
+    Ok(hashes)
 }
 
 #[cfg(test)]
