@@ -397,6 +397,9 @@ async fn main() {
             .unwrap_or(10_000)
     };
     let t = initial_sync(n).await;
+    if std::env::var("SYNC_ONLY_INITIAL").is_ok() {
+        return;
+    }
     dsync(n, t);
     lag(if quick { 50 } else { 1000 }).await;
     heal(if quick { 200 } else { 1000 }, 100, 1000).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tandem_store::{Store, Timestamp};
-use tandem_sync::{CloseCode, Frame, MAX_FRAME, Session, SessionConfig};
+use tandem_sync::{CloseCode, Frame, Session, SessionConfig};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -400,6 +400,7 @@ async fn drive(
     let mut changed = inner.changed.subscribe();
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    let (bodies_tx, mut bodies_rx) = tokio::sync::mpsc::channel::<Result<Frame, String>>(256);
     // A peer that completes TLS but never says Hello is not kept (keep-alives would).
     let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
@@ -449,15 +450,18 @@ async fn drive(
             }
             uni = conn.accept_uni() => {
                 match uni {
-                    Ok(mut r) => match r.read_to_end(MAX_FRAME + 4).await {
-                        Ok(bytes) => match Frame::decode(&bytes) {
-                            Ok(Some((frame @ Frame::Blob { .. }, used))) if used == bytes.len() => handle(inner, &mut session, frame, me),
-                            Ok(_) => session.close(CloseCode::Protocol, "a body stream must hold exactly one Blob frame"),
-                            Err(e) => session.close(CloseCode::Protocol, format!("malformed body frame: {e}")),
-                        },
-                        Err(e) => warn!("body stream cut: {e}"), // re-requested at the next manifest
-                    },
+                    // Each body stream is read by a task of its own, so a slow or large one
+                    // holds up neither control frames nor other bodies.
+                    Ok(r) => {
+                        tokio::spawn(read_bodies(r, bodies_tx.clone()));
+                    }
                     Err(e) => return format!("connection: {e}"),
+                }
+            }
+            Some(body) = bodies_rx.recv() => {
+                match body {
+                    Ok(frame) => handle(inner, &mut session, frame, me),
+                    Err(reason) => session.close(CloseCode::Protocol, reason),
                 }
             }
             msg = changed.recv() => {
@@ -496,24 +500,86 @@ async fn flush(
     session: &mut Session,
     send: &mut SendStream,
 ) -> Result<(), String> {
+    // Bodies queued together (the answer to one WantBlobs) share one stream, up to a few MiB.
+    let mut bodies: Vec<u8> = Vec::new();
     while let Some(frame) = session.poll_frame() {
         let bytes = frame.encode();
         if matches!(frame, Frame::Blob { .. }) {
-            let mut s = conn
-                .open_uni()
-                .await
-                .map_err(|e| format!("opening a body stream: {e}"))?;
-            // Written in the background so a large body does not hold up control frames.
-            tokio::spawn(async move {
-                if s.write_all(&bytes).await.is_ok() {
-                    let _ = s.finish();
-                }
-            });
+            bodies.extend_from_slice(&bytes);
+            if bodies.len() >= BODY_STREAM_BYTES {
+                send_bodies(conn, std::mem::take(&mut bodies)).await?;
+            }
         } else {
             send.write_all(&bytes)
                 .await
                 .map_err(|e| format!("control stream: {e}"))?;
         }
     }
+    if !bodies.is_empty() {
+        send_bodies(conn, bodies).await?;
+    }
     Ok(())
+}
+
+/// Bytes of bodies sent on one stream before another is opened.
+const BODY_STREAM_BYTES: usize = 4 << 20;
+
+/// Writes Blob frames on a new unidirectional stream, in the background so that large bodies do
+/// not hold up control frames.
+async fn send_bodies(conn: &Connection, bytes: Vec<u8>) -> Result<(), String> {
+    let mut s = conn
+        .open_uni()
+        .await
+        .map_err(|e| format!("opening a body stream: {e}"))?;
+    tokio::spawn(async move {
+        if s.write_all(&bytes).await.is_ok() {
+            let _ = s.finish();
+        }
+    });
+    Ok(())
+}
+
+/// Reads a body stream: Blob frames only, each handed to the connection's loop as it
+/// completes. A cut stream loses the bodies not yet complete; they are asked for again.
+async fn read_bodies(mut r: RecvStream, tx: tokio::sync::mpsc::Sender<Result<Frame, String>>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(None) => {
+                if !buf.is_empty() {
+                    let _ = tx
+                        .send(Err("body stream ended inside a frame".into()))
+                        .await;
+                }
+                return;
+            }
+            Err(e) => {
+                warn!("body stream cut: {e}");
+                return;
+            }
+        }
+        loop {
+            match Frame::decode(&buf) {
+                Ok(Some((frame @ Frame::Blob { .. }, used))) => {
+                    buf.drain(..used);
+                    if tx.send(Ok(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {
+                    let _ = tx
+                        .send(Err("a body stream may carry only Blob frames".into()))
+                        .await;
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("malformed body frame: {e}"))).await;
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -426,6 +426,11 @@ impl Session {
         // Unanswered for a long while (lost on a cut stream): ask again.
         let stale = now.0 - 3 * self.cfg.resync_interval_ms;
         self.blobs_requested.retain(|_, at| at.0 > stale);
+        // Refill only once half the requests are answered: one WantBlobs (and one body stream
+        // in reply) per many bodies, not one per body.
+        if self.blobs_requested.len() * 2 > self.cfg.max_blobs_in_flight {
+            return;
+        }
         let room = self
             .cfg
             .max_blobs_in_flight
