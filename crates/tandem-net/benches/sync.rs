@@ -85,6 +85,13 @@ fn cfg() -> NodeConfig {
     }
 }
 
+/// Benchmarks print numbers, never hang: a wait that takes longer than this is a failure.
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+fn check_deadline(start: Instant, what: &str) {
+    assert!(start.elapsed() < GIVE_UP, "gave up waiting for {what}");
+}
+
 fn count(s: &Arc<Mutex<Store>>) -> usize {
     let s = s.lock().unwrap();
     let ib = s.mailbox_id("alice", "INBOX").unwrap();
@@ -124,6 +131,7 @@ async fn receiver(dir: &str, a_id: &str, a_addr: &str, n: usize) {
         addrs: vec![a_addr.parse().unwrap()],
     });
     while count(&store) < n {
+        check_deadline(start, "the initial sync");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -261,7 +269,9 @@ async fn pair(d: &Path) -> (Node, Arc<Mutex<Store>>, Node, Arc<Mutex<Store>>, Id
         id: a.node_id(),
         addrs: vec![a.local_addr().unwrap()],
     });
+    let start = Instant::now();
     while a.connected().is_empty() || b.connected().is_empty() {
+        check_deadline(start, "the nodes to connect");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (a, sa, b, sb, ib)
@@ -281,6 +291,7 @@ async fn lag(samples: usize) {
         }
         a.notify_local_change();
         while count(&sb) <= i {
+            check_deadline(start, "a replicated append");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         lat.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -307,7 +318,9 @@ async fn heal(base: u64, appends: u64, flag_changes: u64) {
     let (a, sa, b, sb, ib) = pair(d.path()).await;
     append_many(&sa, 0..base);
     a.notify_local_change();
+    let waited = Instant::now();
     while count(&sb) < base as usize {
+        check_deadline(waited, "the base messages");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Partition: B's node goes away; both sides write.
@@ -357,6 +370,7 @@ async fn heal(base: u64, appends: u64, flag_changes: u64) {
         if same {
             break;
         }
+        check_deadline(start, "convergence after the heal");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     if std::env::var("SYNC_DEBUG").is_ok() {

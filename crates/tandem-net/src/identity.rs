@@ -168,6 +168,10 @@ impl Identity {
             let key = fs::read(&key_path).map_err(|e| NetError::io(&key_path, e))?;
             return Ok(Identity::from_der(cert, key));
         }
+        // Half of a pair is what a crash during first start leaves (the key is written first):
+        // no peer can know this identity yet, so start over.
+        let _ = fs::remove_file(&key_path);
+        let _ = fs::remove_file(&cert_path);
         fs::create_dir_all(dir).map_err(|e| NetError::io(dir, e))?;
         let id = Identity::generate()?;
         write_private(&key_path, id.key.secret_pkcs8_der())?;

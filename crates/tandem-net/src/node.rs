@@ -92,6 +92,15 @@ pub struct Node {
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
+/// Aborts a task when dropped (the connection's helper tasks end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn now() -> Timestamp {
     Timestamp(
         SystemTime::now()
@@ -194,11 +203,14 @@ impl Node {
     pub fn add_peer(&self, peer: PeerConfig) {
         lock(&self.inner.pending).remove(&peer.id);
         let id = peer.id;
-        let new = match self.inner.peers.write() {
-            Ok(mut p) => p.insert(id, peer).is_none(),
-            Err(_) => false,
+        let dials = !peer.addrs.is_empty();
+        // A dialer runs for every peer with addresses; an accept-only peer that now gets
+        // addresses needs one started.
+        let had_dialer = match self.inner.peers.write() {
+            Ok(mut p) => p.insert(id, peer).is_some_and(|old| !old.addrs.is_empty()),
+            Err(_) => true,
         };
-        if new {
+        if dials && !had_dialer {
             self.spawn_dialer(id);
         }
     }
@@ -301,9 +313,16 @@ async fn dial_loop(inner: Arc<Inner>, id: NodeId) {
                 };
                 match attempt {
                     Ok(conn) => {
-                        failures = 0;
                         connected = true;
+                        let began = std::time::Instant::now();
                         run_connection(inner.clone(), conn, id, inner.identity.node_id()).await;
+                        // A connection the session ended quickly (version mismatch, a store
+                        // error, a full disk) backs off like a failed dial, not a redial storm.
+                        if began.elapsed() >= Duration::from_secs(30) {
+                            failures = 0;
+                        } else {
+                            failures = failures.saturating_add(1);
+                        }
                         break;
                     }
                     Err(e) => info!(peer = %id, %addr, "connect failed: {e}"),
@@ -324,7 +343,7 @@ async fn dial_loop(inner: Arc<Inner>, id: NodeId) {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let jitter = (delay / 4).max(1);
-        let d = delay - jitter + rng % (2 * jitter);
+        let d = delay.saturating_sub(jitter) + rng % (2 * jitter);
         tokio::time::sleep(Duration::from_millis(d)).await;
     }
 }
@@ -393,18 +412,31 @@ async fn drive(
     inner: &Arc<Inner>,
     conn: &Connection,
     me: u64,
-    mut send: SendStream,
+    send: SendStream,
     mut recv: RecvStream,
 ) -> String {
     let mut session = Session::new(&lock(&inner.store), inner.cfg.session.clone());
     let mut changed = inner.changed.subscribe();
+    // Control frames are written by a task of their own: if this loop waited in write_all while
+    // both peers' receive windows were full, neither would ever read again.
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut send = send;
+        while let Some(bytes) = control_rx.recv().await {
+            if send.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    let _writer = AbortOnDrop(writer);
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let (bodies_tx, mut bodies_rx) = tokio::sync::mpsc::channel::<Result<Frame, String>>(256);
     // A peer that completes TLS but never says Hello is not kept (keep-alives would).
     let hello_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        if let Err(e) = flush(conn, &mut session, &mut send).await {
+        if let Err(e) = flush(conn, &mut session, &control_tx).await {
             return e;
         }
         if let Some(c) = session.closed() {
@@ -474,7 +506,15 @@ async fn drive(
                 }
             }
             _ = tokio::time::sleep(sleep) => {
-                session.handle_timeout(&mut lock(&inner.store), now());
+                let mut store = lock(&inner.store);
+                let before = store.change_counter();
+                session.handle_timeout(&mut store, now());
+                if store.change_counter() != before {
+                    // Held changes released by the timer: fix-ups back, relay onwards.
+                    session.local_change(&mut store);
+                    drop(store);
+                    let _ = inner.changed.send(me);
+                }
             }
         }
     }
@@ -482,8 +522,11 @@ async fn drive(
 
 fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64) {
     let mut store = lock(&inner.store);
+    let before = store.change_counter();
     session.handle_frame(&mut store, frame, now());
-    if !store.take_events().is_empty() {
+    // Compare a counter rather than draining events: those belong to the embedding
+    // application (an IMAP server waiting in IDLE, say).
+    if store.change_counter() != before {
         // What we just merged may have needed fix-ups (lifts, re-stamps): the sender needs
         // those at once, not at the next manifest (the session knows what the sender has, so
         // nothing is echoed). And relay it all to the other peers.
@@ -498,7 +541,7 @@ fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64) {
 async fn flush(
     conn: &Connection,
     session: &mut Session,
-    send: &mut SendStream,
+    control: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
 ) -> Result<(), String> {
     // Bodies queued together (the answer to one WantBlobs) share one stream, up to a few MiB.
     let mut bodies: Vec<u8> = Vec::new();
@@ -510,9 +553,9 @@ async fn flush(
                 send_bodies(conn, std::mem::take(&mut bodies)).await?;
             }
         } else {
-            send.write_all(&bytes)
-                .await
-                .map_err(|e| format!("control stream: {e}"))?;
+            control
+                .send(bytes)
+                .map_err(|_| "control stream writer stopped".to_owned())?;
         }
     }
     if !bodies.is_empty() {

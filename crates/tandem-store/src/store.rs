@@ -114,6 +114,10 @@ pub struct Store {
     /// Instances waiting for their body: blob -> (account, mailbox id, original UID).
     pub(crate) pending: HashMap<BlobHash, Vec<(String, String, u32)>>,
     pub(crate) events: VecDeque<StoreEvent>,
+    /// See [`Store::change_counter`].
+    pub(crate) change_counter: u64,
+    /// See [`Store::last_compaction_error`].
+    pub(crate) compaction_error: Option<String>,
 }
 
 const VIEW_MAGIC: &[u8; 8] = b"TDVIEW01";
@@ -150,6 +154,8 @@ impl Store {
             accounts: BTreeMap::new(),
             pending: HashMap::new(),
             events: VecDeque::new(),
+            change_counter: 0,
+            compaction_error: None,
         };
         for key in list_docs(&docs_dir)? {
             store.docs.insert(key, DocEntry::default());
@@ -279,11 +285,26 @@ impl Store {
     }
 
     /// Compacts if the journal has grown past the configured size. Called after writes.
+    ///
+    /// The write that called it is already durable, so a failed compaction (a full disk while
+    /// writing the snapshot, say) must not turn it into an error: the journal stays valid,
+    /// the failure is kept for [`Store::last_compaction_error`], and the next write retries.
     pub(crate) fn maybe_compact(&mut self) -> Result<()> {
         if self.journal.len() >= self.cfg.compact_after_bytes {
-            self.compact()?;
+            self.compaction_error = self.compact().err().map(|e| e.to_string());
         }
         Ok(())
+    }
+
+    /// Why the last automatic compaction failed, if it did (it is retried on later writes).
+    pub fn last_compaction_error(&self) -> Option<&str> {
+        self.compaction_error.as_deref()
+    }
+
+    /// A counter that grows whenever the visible state changes (local writes and merges):
+    /// cheap change detection for drivers that must not consume [`Store::take_events`].
+    pub fn change_counter(&self) -> u64 {
+        self.change_counter
     }
 
     /// Writes a snapshot of every document and of the view, then starts a new, empty journal.
@@ -323,18 +344,23 @@ impl Store {
         )?;
         let cur = self.dir.join("CURRENT");
         fs::rename(self.dir.join("CURRENT.tmp"), &cur).map_err(|e| Error::io(&cur, e))?;
-        if self.cfg.durable {
-            sync_dir(&self.dir)?;
-        }
+        // From here on CURRENT names the new epoch: switch to it before anything can fail, so
+        // writes never go to a journal that CURRENT no longer points at.
         let old = self.epoch;
         self.epoch = new;
         self.journal = journal;
+        let synced = if self.cfg.durable {
+            sync_dir(&self.dir)
+        } else {
+            Ok(())
+        };
         for (key, e) in self.docs.iter_mut() {
             e.changed = false;
             if !key.ends_with("/registry") {
                 e.doc = None;
             }
         }
+        synced?;
         let _ = fs::remove_dir_all(epoch_dir(&self.dir, old));
         let _ = fs::remove_file(journal_path(&self.dir, old));
         Ok(())
@@ -516,6 +542,7 @@ impl Store {
         acct.registry = reg;
         self.resolve_names(&account);
         self.events.push_back(StoreEvent::Mailboxes { account });
+        self.change_counter += 1;
         Ok(())
     }
 
@@ -562,6 +589,7 @@ impl Store {
         if deleted && was_live != now_live {
             self.resolve_names(&account);
         }
+        self.change_counter += 1;
         self.events.push_back(StoreEvent::Messages {
             account,
             mailbox: crate::MailboxId(mailbox),
@@ -723,7 +751,10 @@ fn node_identity(dir: &Path, cfg: &StoreConfig) -> Result<ActorId> {
             };
             let mut b = vec![cfg.slot];
             b.extend_from_slice(&actor);
-            write_file(&p, &b, cfg.durable)?;
+            // Temp file and rename: a crash leaves either no `node` file or a whole one.
+            let tmp = dir.join("node.tmp");
+            write_file(&tmp, &b, cfg.durable)?;
+            fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
             if cfg.durable {
                 sync_dir(dir)?;
             }
