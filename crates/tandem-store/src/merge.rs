@@ -253,21 +253,28 @@ impl Store {
                 .2
                 .push(o);
         }
-        for (key, (a, m, origs)) in by_shard {
-            // persist also makes the body durable, even when there is no fix-up to journal:
-            // the instances are about to be shown.
-            let res = self
-                .fix_up(&key, &a, &m, &origs, now, &mut bases)
-                .and_then(|local| {
-                    self.persist(local.map(|l| vec![(key.clone(), l)]).unwrap_or_default())
-                });
-            if let Err(e) = res {
-                // Not shown yet: keep them waiting, so the next attempt (or a reopen) shows them.
-                self.evict([key.clone()]);
-                let waiting = self.pending.entry(*h).or_default();
-                waiting.extend(origs.iter().map(|o| (a.clone(), m.clone(), *o)));
-                return Err(e);
+        // One batch, like a merge: every shard's fix-ups measured against the view from before
+        // the body arrived, one journal record (which also makes the body durable), then the
+        // view. On failure nothing is shown and everything keeps waiting.
+        let mut record = Vec::new();
+        let res = (|| -> Result<()> {
+            for (key, (a, m, origs)) in &by_shard {
+                if let Some(local) = self.fix_up(key, a, m, origs, now, &mut bases)? {
+                    record.push((key.clone(), local));
+                }
             }
+            Ok(())
+        })()
+        .and_then(|()| self.persist(record));
+        if let Err(e) = res {
+            self.evict(by_shard.keys().cloned());
+            let waiting = self.pending.entry(*h).or_default();
+            for (a, m, origs) in by_shard.values() {
+                waiting.extend(origs.iter().map(|o| (a.clone(), m.clone(), *o)));
+            }
+            return Err(e);
+        }
+        for (key, (_, _, origs)) in by_shard {
             self.refresh_instances(&key, origs)?;
         }
         self.maybe_compact()
