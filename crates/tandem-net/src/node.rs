@@ -18,6 +18,9 @@ use crate::NetError;
 use crate::identity::{Identity, NodeId};
 use crate::tls;
 
+/// Most nodes remembered as pending at once.
+const MAX_PENDING: usize = 256;
+
 /// How long a connected peer has to send its Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -248,6 +251,14 @@ async fn accept_loop(inner: Arc<Inner>) {
                     .unwrap_or(false);
                 if !known {
                     let mut pending = lock(&admit_inner.pending);
+                    // Anyone who can reach the port can mint certificates: keep the list bounded
+                    // (the node with the fewest attempts makes room).
+                    if pending.len() >= MAX_PENDING && !pending.contains_key(&id) {
+                        let evict = pending.values().min_by_key(|p| p.attempts).map(|p| p.id);
+                        if let Some(evict) = evict {
+                            pending.remove(&evict);
+                        }
+                    }
                     let e = pending.entry(id).or_insert(Pending {
                         id,
                         addr,

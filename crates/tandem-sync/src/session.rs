@@ -260,8 +260,10 @@ impl Session {
             (Phase::Ready, Frame::Manifest { docs }) => self.on_manifest(store, docs, now),
             (Phase::Ready, Frame::Changes { docs }) => self.on_changes(store, docs, now),
             (Phase::Ready, Frame::WantBlobs { hashes }) => {
+                // A peer asks for at most max_blobs_in_flight at a time; more is not answered
+                // (it asks again), so one frame cannot make us load every body we have.
                 let mut missing = Vec::new();
-                for h in hashes {
+                for h in hashes.into_iter().take(self.cfg.max_blobs_in_flight.max(1)) {
                     match store.message_bytes(&h) {
                         Ok(data) if data.len() + 64 <= crate::frame::MAX_FRAME => {
                             self.stats.blobs_out += 1;
