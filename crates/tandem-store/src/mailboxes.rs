@@ -7,7 +7,7 @@ use crate::clock::Timestamp;
 use crate::doc::{self, registry_key};
 use crate::error::{Error, Result};
 use crate::name::MailboxName;
-use crate::store::{Store, StoreEvent};
+use crate::store::Store;
 use crate::{MailboxId, MailboxInfo, SpecialUse};
 
 /// UIDVALIDITY generation of INBOX and of the default special-use mailboxes.
@@ -348,10 +348,8 @@ impl Store {
             .map(|c| vec![(key.clone(), c.raw_bytes().to_vec())])
             .unwrap_or_default();
         self.persist(record)?;
+        // refresh_registry queues the Mailboxes event.
         self.refresh_registry(&key)?;
-        self.events.push_back(StoreEvent::Mailboxes {
-            account: account.to_owned(),
-        });
         self.maybe_compact()
     }
 }

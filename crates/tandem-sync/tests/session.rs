@@ -74,6 +74,16 @@ fn pair() -> Pair {
     }
 }
 
+/// Appends messages 0..n to INBOX; returns INBOX's id.
+fn fill(s: &mut Store, n: u32) -> tandem_store::MailboxId {
+    let ib = s.mailbox_id("alice", "INBOX").unwrap();
+    for i in 0..n {
+        let t = Timestamp(1_800_000_000_100 + i as i64);
+        s.append("alice", &ib, &msg(i), &[], 0, t).unwrap();
+    }
+    ib
+}
+
 fn view(s: &Store) -> Vec<(u32, BlobHash)> {
     let ib = s.mailbox_id("alice", "INBOX").unwrap();
     s.messages("alice", &ib)
@@ -86,18 +96,7 @@ fn view(s: &Store) -> Vec<(u32, BlobHash)> {
 #[test]
 fn first_sync_brings_documents_and_bodies() {
     let mut p = pair();
-    let ib = p.a.mailbox_id("alice", "INBOX").unwrap();
-    for i in 0..20 {
-        p.a.append(
-            "alice",
-            &ib,
-            &msg(i),
-            &[],
-            0,
-            Timestamp(1_800_000_000_100 + i as i64),
-        )
-        .unwrap();
-    }
+    fill(&mut p.a, 20);
     let now = Timestamp(1_800_000_001_000);
     pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
     assert_eq!(view(&p.b).len(), 20);
@@ -123,18 +122,7 @@ fn a_local_write_is_pushed_without_waiting_for_a_timer() {
 #[test]
 fn a_reconnect_sends_only_what_differs() {
     let mut p = pair();
-    let ib = p.a.mailbox_id("alice", "INBOX").unwrap();
-    for i in 0..50 {
-        p.a.append(
-            "alice",
-            &ib,
-            &msg(i),
-            &[],
-            0,
-            Timestamp(1_800_000_000_100 + i as i64),
-        )
-        .unwrap();
-    }
+    let ib = fill(&mut p.a, 50);
     let now = Timestamp(1_800_000_001_000);
     pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
     p.a.append("alice", &ib, &msg(99), &[], 0, now).unwrap();
