@@ -78,6 +78,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<()> {
         self.apply_changes_batch(vec![(key.to_owned(), changes)], now)
+            .map(|_| ())
     }
 
     /// Applies a peer's changes to several documents as one step, then makes the fix-ups this
@@ -87,14 +88,18 @@ impl Store {
     /// HIGHESTMODSEQ are those from before the batch, so documents of one batch do not cause
     /// fix-ups for each other. Everything is journaled as one record before the view changes.
     ///
+    /// Returns, per document, the hashes of the changes given (applied now or before): what
+    /// the peer is known to have, so a sync layer does not echo them back.
+    ///
     /// Malformed input (a bad document key, undecodable change bytes) is refused as a whole
     /// ([`Error::InvalidDocKey`], [`Error::BadChanges`]) and changes nothing.
     pub fn apply_changes_batch(
         &mut self,
         batch: Vec<(String, Vec<Vec<u8>>)>,
         now: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<Vec<(String, Vec<ChangeHash>)>> {
         let mut decoded = Vec::with_capacity(batch.len());
+        let mut given: Vec<(String, Vec<ChangeHash>)> = Vec::with_capacity(batch.len());
         for (key, changes) in batch {
             let kind = DocKind::parse(&key)?;
             let changes: Vec<Change> = changes
@@ -107,6 +112,7 @@ impl Store {
                 })
                 .collect::<Result<_>>()?;
             if !changes.is_empty() {
+                given.push((key.clone(), changes.iter().map(Change::hash).collect()));
                 decoded.push((key, kind, changes));
             }
         }
@@ -168,7 +174,8 @@ impl Store {
                 Some(origs) => self.refresh_instances(&key, origs)?,
             }
         }
-        self.maybe_compact()
+        self.maybe_compact()?;
+        Ok(given)
     }
 
     /// Blobs that instances here refer to but that this store does not have yet. Until its blob
@@ -219,16 +226,6 @@ impl Store {
             }
         }
         out.into_iter().collect()
-    }
-
-    /// The hashes of automerge changes given as bytes (undecodable ones are skipped): what a
-    /// sync layer records as "the peer has these" after applying a peer's changes, so it does
-    /// not echo them back.
-    pub fn change_hashes(changes: &[Vec<u8>]) -> Vec<ChangeHash> {
-        changes
-            .iter()
-            .filter_map(|b| Change::from_bytes(b.clone()).ok().map(|c| c.hash()))
-            .collect()
     }
 
     /// Whether this store has blob `h`.

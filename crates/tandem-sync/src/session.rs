@@ -399,13 +399,9 @@ impl Session {
 
     fn apply(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
         let n: u64 = docs.iter().map(|(_, c)| c.len() as u64).sum();
-        // The peer has what it sent: remember that, so a relay does not echo it back.
-        let sent: Vec<(String, Vec<ChangeHash>)> = docs
-            .iter()
-            .map(|(k, c)| (k.clone(), Store::change_hashes(c)))
-            .collect();
         match store.apply_changes_batch(docs, now) {
-            Ok(()) => {
+            // The peer has what it sent: remember that, so a relay does not echo it back.
+            Ok(sent) => {
                 self.stats.changes_in += n;
                 for (key, hashes) in sent {
                     let known = self.peer_heads.entry(key).or_default();
