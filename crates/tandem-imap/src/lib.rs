@@ -21,6 +21,6 @@ mod session;
 pub mod tls;
 mod users;
 
-pub use server::{Imap, ImapConfig, Listener, Plaintext};
+pub use server::{ChangeHook, Imap, ImapConfig, Listener, Plaintext};
 pub use session::{Action, ConnInfo, Session};
 pub use users::{Users, UsersError, valid_user_name};

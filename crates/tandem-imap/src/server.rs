@@ -96,8 +96,12 @@ pub enum Listener {
     ImplicitTls,
 }
 
+/// Called after an IMAP command changed the store (a sync node pushes the change to peers).
+pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
+
 struct Shared {
     store: Arc<Mutex<Store>>,
+    on_change: RwLock<Option<ChangeHook>>,
     users: RwLock<Arc<Users>>,
     cfg: ImapConfig,
     changes: watch::Sender<u64>,
@@ -181,6 +185,7 @@ impl Imap {
         Imap {
             shared: Arc::new(Shared {
                 store,
+                on_change: RwLock::new(None),
                 users: RwLock::new(Arc::new(users)),
                 cfg,
                 changes,
@@ -196,6 +201,16 @@ impl Imap {
     /// LMTP delivery). IMAP's own writes notify by themselves.
     pub fn notify_changed(&self) {
         self.shared.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Sets what to call after an IMAP command changed the store: typically
+    /// `tandem_net::Node::notify_local_change`, so peers get the change at once.
+    pub fn set_on_change(&self, hook: ChangeHook) {
+        *self
+            .shared
+            .on_change
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Replaces the users (after `tandem user add`, say).
@@ -484,6 +499,14 @@ impl Conn {
         drop(store);
         if changed {
             shared.changes.send_modify(|v| *v = v.wrapping_add(1));
+            let hook = shared
+                .on_change
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(h) = hook {
+                h();
+            }
         }
         r
     }

@@ -223,6 +223,13 @@ impl Node {
         let _ = self.inner.changed.send(0);
     }
 
+    /// Every change to the store the node knows of: `0` for a local write announced with
+    /// [`Node::notify_local_change`], another value for changes merged from a peer (an IMAP
+    /// server waits on these to wake its IDLE sessions).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
     /// Closes every connection and stops all tasks.
     pub async fn shutdown(&self) {
         for t in lock(&self.tasks).drain(..) {

@@ -187,8 +187,9 @@ impl Client {
         if !cont.starts_with('+') {
             return vec![cont];
         }
-        self.send_raw(msg);
-        self.send_raw(b"\r\n");
+        let mut m = msg.to_vec();
+        m.extend_from_slice(b"\r\n");
+        self.send_raw(&m);
         self.until(&tag)
     }
 
