@@ -107,6 +107,10 @@ struct Shared {
     changes: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     total: AtomicUsize,
+    /// Password checks in flight: argon2 takes ~19 MiB and tens of milliseconds per check, so a
+    /// burst of logins is queued rather than run all at once (memory, and CPU for everyone
+    /// else).
+    hashing: tokio::sync::Semaphore,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_user: Mutex<HashMap<String, usize>>,
 }
@@ -191,6 +195,9 @@ impl Imap {
                 changes,
                 shutdown,
                 total: AtomicUsize::new(0),
+                hashing: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
                 per_ip: Mutex::new(HashMap::new()),
                 per_user: Mutex::new(HashMap::new()),
             }),
@@ -271,6 +278,26 @@ enum Transport {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// Between taking the plain stream for STARTTLS and putting the TLS one in.
     Closed,
+}
+
+impl Transport {
+    /// Asks the kernel to acknowledge the next segments at once. Clients such as Python's
+    /// imaplib send a literal and its closing CRLF in two writes; with Nagle on their side and
+    /// delayed ACKs on ours, the CRLF would wait 40 ms for our ACK. Linux forgets the setting
+    /// after it is used, so it is renewed after every read.
+    fn quickack(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let tcp = match self {
+                Transport::Plain(t) => Some(t),
+                Transport::Tls(t) => Some(t.get_ref().0),
+                Transport::Closed => None,
+            };
+            if let Some(t) = tcp {
+                let _ = t.set_quickack(true);
+            }
+        }
+    }
 }
 
 fn closed() -> io::Error {
@@ -572,6 +599,7 @@ impl Conn {
                             if n == 0 {
                                 return Ok(());
                             }
+                            self.transport.quickack();
                             self.server.enqueue_input(&buf[..n]);
                         }
                         r = changes.changed(), if self.idle.is_some() => {
@@ -816,9 +844,12 @@ impl Conn {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let u = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users.verify(&u, &password))
-            .await
-            .unwrap_or(false);
+        let ok = match self.shared.hashing.acquire().await {
+            Ok(_permit) => tokio::task::spawn_blocking(move || users.verify(&u, &password))
+                .await
+                .unwrap_or(false),
+            Err(_) => false,
+        };
         if !ok {
             self.failures += 1;
             tracing::info!(peer = %self.peer, user = %user, failures = self.failures, "login failed");
