@@ -44,7 +44,7 @@ fn show(label: &str, store: &Store) -> Result<(), tandem_store::Error> {
             println!(
                 "      UID {:<4} {:<28} flags [{}]",
                 m.uid,
-                meta.envelope.subject.unwrap_or_default(),
+                meta.envelope.subject.clone().unwrap_or_default(),
                 flags.join(" ")
             );
         }

@@ -6,8 +6,8 @@
 //! cargo bench -p tandem-imap --bench imap -- --quick   # CI size: 300 messages, 5 s
 //! ```
 //!
-//! Figures: APPEND of N × 4 KB (one connection), `FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE)`,
-//! `UID FETCH 1:* BODY.PEEK[]`, and 10 concurrent clients doing a mixed load (fetch, store,
+//! Figures: APPEND of N × 4 KB (one connection), `FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE)` and
+//! `UID FETCH 1:* BODY.PEEK[]` (median of 5 runs each), and 10 concurrent clients doing a mixed load (fetch, store,
 //! search, append, noop), as times or operations per second, each with a Tandem/Dovecot ratio
 //! (time ratios below 1 and throughput ratios above 1 favour Tandem), plus each server's peak
 //! RSS (Dovecot: the sum over its processes, sampled every 50 ms). Both servers acknowledge an

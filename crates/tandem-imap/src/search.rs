@@ -30,7 +30,7 @@ struct Loaded<'s> {
     store: &'s Store,
     info: &'s MessageInfo,
     raw: RefCell<Option<Vec<u8>>>,
-    meta: RefCell<Option<MessageMeta>>,
+    meta: RefCell<Option<std::sync::Arc<MessageMeta>>>,
 }
 
 impl Loaded<'_> {
@@ -52,7 +52,7 @@ impl Loaded<'_> {
         Ok(raw[..end.min(raw.len())].to_vec())
     }
 
-    fn meta(&self) -> Result<MessageMeta, SearchError> {
+    fn meta(&self) -> Result<std::sync::Arc<MessageMeta>, SearchError> {
         if let Some(m) = self.meta.borrow().as_ref() {
             return Ok(m.clone());
         }

@@ -1510,7 +1510,7 @@ impl Session {
             let Ok(info) = store.message(&account, &sel.id, uid) else {
                 continue; // expunged meanwhile: nothing to say about it
             };
-            let mut meta: Option<MessageMeta> = None;
+            let mut meta: Option<std::sync::Arc<MessageMeta>> = None;
             let mut raw: Option<Vec<u8>> = None;
             let mut items = Vec::with_capacity(job.items.len() + 1);
             let mut failed = false;
@@ -1565,11 +1565,10 @@ impl Session {
                         let need_meta = !matches!(name, MessageDataItemName::Rfc822)
                             && !matches!(name, MessageDataItemName::BodyExt { section: None, .. });
                         if need_meta && meta.is_none() {
-                            meta = Some(
-                                store
-                                    .message_meta(&info.blob)
-                                    .unwrap_or_else(|_| MessageMeta::parse(r)),
-                            );
+                            meta =
+                                Some(store.message_meta(&info.blob).unwrap_or_else(|_| {
+                                    std::sync::Arc::new(MessageMeta::parse(r))
+                                }));
                         }
                         let root = meta.as_ref().map(|m| &m.root);
                         let get = |path: &[u32], kind: SectionKind| -> Vec<u8> {

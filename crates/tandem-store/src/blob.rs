@@ -71,7 +71,14 @@ pub(crate) struct BlobStore {
     /// crash loses only staged bodies, which nothing acknowledged refers to; opening deletes
     /// them, so a body is either durable in place or absent.
     staged: std::sync::Mutex<std::collections::BTreeMap<BlobHash, PathBuf>>,
+    /// Parsed metadata of recently read blobs (bodies never change, so entries never go
+    /// stale): FETCH ENVELOPE/BODYSTRUCTURE and SEARCH read it for every message, and a file
+    /// read plus a decode per message per command dominated those commands.
+    meta_cache: std::sync::Mutex<std::collections::HashMap<BlobHash, std::sync::Arc<MessageMeta>>>,
 }
+
+/// Entries in the metadata cache (a few hundred bytes each).
+const META_CACHE_ENTRIES: usize = 50_000;
 
 impl BlobStore {
     pub(crate) fn open(dir: PathBuf, sync: bool) -> Result<Self> {
@@ -87,6 +94,7 @@ impl BlobStore {
             sync,
             counter: AtomicU64::new(0),
             staged: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            meta_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -237,12 +245,43 @@ impl BlobStore {
         Ok((meta, raw))
     }
 
-    /// The metadata of blob `h`.
-    pub(crate) fn meta(&self, h: &BlobHash) -> Result<MessageMeta> {
-        let (p, buf) = self.read_file(h)?;
-        let (meta, _) = Self::split(&p, &buf)?;
-        MessageMeta::decode(&mut Reader::new(meta, "message metadata"))
-            .map_err(|e| Error::corrupt(&p, e))
+    /// The metadata of blob `h` (from the cache, or read from the file's header only).
+    pub(crate) fn meta(&self, h: &BlobHash) -> Result<std::sync::Arc<MessageMeta>> {
+        let cache = || self.meta_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache().get(h) {
+            return Ok(m.clone());
+        }
+        let p = self.staged_path(h).unwrap_or_else(|| self.path(h));
+        let mut f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::MissingBlob(h.to_hex()));
+            }
+            Err(e) => return Err(Error::io(&p, e)),
+        };
+        // The header is magic, a u32 length and the metadata: read just that, not the body.
+        let mut head = [0u8; 8];
+        f.read_exact(&mut head)
+            .map_err(|_| Error::corrupt(&p, "file shorter than its header"))?;
+        if &head[..4] != MAGIC {
+            return Err(Error::corrupt(&p, "bad magic"));
+        }
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let mut meta = vec![0u8; len.min(16 << 20)];
+        f.read_exact(&mut meta)
+            .map_err(|_| Error::corrupt(&p, "metadata truncated"))?;
+        let m = std::sync::Arc::new(
+            MessageMeta::decode(&mut Reader::new(&meta, "message metadata"))
+                .map_err(|e| Error::corrupt(&p, e))?,
+        );
+        let mut c = cache();
+        if c.len() >= META_CACHE_ENTRIES
+            && let Some(k) = c.keys().next().copied()
+        {
+            c.remove(&k);
+        }
+        c.insert(*h, m.clone());
+        Ok(m)
     }
 
     /// The metadata of blob `h`, after checking that the whole file is intact.
@@ -291,7 +330,7 @@ mod tests {
         let (h2, _) = bs.put(raw).unwrap();
         assert_eq!(h, h2);
         assert_eq!(bs.raw(&h).unwrap(), raw);
-        assert_eq!(bs.meta(&h).unwrap(), meta);
+        assert_eq!(*bs.meta(&h).unwrap(), meta);
         assert_eq!(BlobHash::from_hex(&h.to_hex()), Some(h));
     }
 

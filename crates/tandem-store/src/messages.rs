@@ -510,7 +510,7 @@ impl Store {
     }
 
     /// The parsed metadata of a message (envelope, MIME structure).
-    pub fn message_meta(&self, blob: &BlobHash) -> Result<MessageMeta> {
+    pub fn message_meta(&self, blob: &BlobHash) -> Result<std::sync::Arc<MessageMeta>> {
         self.blobs.meta(blob)
     }
 }
