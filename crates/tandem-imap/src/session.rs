@@ -1505,6 +1505,19 @@ impl Session {
             }
         }
         let mut bytes = 0usize;
+        let raw_uses = job
+            .items
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Header
+                        | MessageDataItemName::Rfc822Text
+                )
+            })
+            .count();
         for (seq, uid) in batch {
             job.pos += 1;
             let Ok(info) = store.message(&account, &sel.id, uid) else {
@@ -1560,6 +1573,29 @@ impl Session {
                                     break;
                                 }
                             }
+                        }
+                        // The whole message, asked for once (the usual BODY.PEEK[]): hand
+                        // over the buffer instead of copying it.
+                        let whole = matches!(
+                            name,
+                            MessageDataItemName::BodyExt {
+                                section: None,
+                                partial: None,
+                                ..
+                            } | MessageDataItemName::Rfc822
+                        );
+                        if whole && raw_uses == 1 {
+                            let b = raw.take().unwrap_or_default();
+                            bytes += b.len();
+                            items.push(match name {
+                                MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(literal(b)),
+                                _ => MessageDataItem::BodyExt {
+                                    section: None,
+                                    origin: None,
+                                    data: literal(b),
+                                },
+                            });
+                            continue;
                         }
                         let Some(r) = &raw else { break };
                         let need_meta = !matches!(name, MessageDataItemName::Rfc822)
