@@ -99,6 +99,9 @@ pub enum Error {
     /// UIDs of this mailbox are exhausted for this node (more than 268 million allocations).
     #[error("UID space of mailbox {0:?} is exhausted on this node")]
     UidsExhausted(String),
+    /// An import with kept UIDs cannot be done as asked.
+    #[error("import refused: {0}")]
+    InvalidImport(String),
 }
 
 impl Error {

@@ -332,6 +332,29 @@ impl Store {
     }
 
     /// Writes `puts` to the account's registry in one durable change.
+    /// Sets a mailbox's UIDVALIDITY (for [`Store::import_batch`]); raises the name's
+    /// high-water mark so that a later re-creation of the name still gets a new value.
+    pub(crate) fn set_uidvalidity(
+        &mut self,
+        account: &str,
+        mailbox: &MailboxId,
+        uv: u32,
+        now: Timestamp,
+    ) -> Result<()> {
+        let acct = self.account(account)?;
+        let name = acct
+            .mailboxes
+            .get(&mailbox.0)
+            .and_then(|m| m.display.clone())
+            .ok_or_else(|| Error::NoSuchMailbox(mailbox.0.clone()))?;
+        let hw = high_water(acct, &name).max(uv);
+        let puts = vec![
+            (format!("mb.{}.v", mailbox.0), ScalarValue::Uint(uv.into())),
+            (format!("hw.{name}"), ScalarValue::Uint(hw.into())),
+        ];
+        self.registry_write(account, puts, now)
+    }
+
     fn registry_write(&mut self, account: &str, puts: Vec<Put>, now: Timestamp) -> Result<()> {
         if puts.is_empty() {
             return Ok(());

@@ -163,6 +163,99 @@ impl Store {
         Ok(out)
     }
 
+    /// Imports messages with the UIDs (and optionally the UIDVALIDITY) they had on another
+    /// server, so that clients switching to Tandem keep their caches (from a Dovecot maildir's
+    /// `dovecot-uidlist`, say). One durable step.
+    ///
+    /// The mailbox must never have held a message (no UID was ever used in it), and the UIDs
+    /// must be strictly ascending. An import is an administrator's operation: run it on one
+    /// node before clients or deliveries use that mailbox on any node, because a UID chosen here
+    /// is not from this node's residue class and another node delivering into the same mailbox
+    /// at the same moment could pick the same one. Returns [`Error::InvalidImport`] when the
+    /// preconditions do not hold (nothing is written then).
+    pub fn import_batch(
+        &mut self,
+        account: &str,
+        mailbox: &MailboxId,
+        uidvalidity: Option<u32>,
+        msgs: &[(u32, NewMessage<'_>)],
+        now: Timestamp,
+    ) -> Result<Vec<AppendOutcome>> {
+        let limit = self.cfg.max_message_size;
+        let (current_uv, max_uid, used) = {
+            let (uv, view) = self.writable(account, mailbox)?;
+            (uv, view.max_uid, !view.instances.is_empty())
+        };
+        if used || max_uid > 0 {
+            return Err(Error::InvalidImport(
+                "the mailbox already holds (or held) messages: UIDs cannot be kept".into(),
+            ));
+        }
+        let mut last = 0u32;
+        for (uid, m) in msgs {
+            if *uid <= last {
+                return Err(Error::InvalidImport(format!(
+                    "UIDs must be ascending and non-zero ({uid} after {last})"
+                )));
+            }
+            last = *uid;
+            if m.raw.len() as u64 > limit {
+                return Err(Error::MessageTooLarge {
+                    size: m.raw.len() as u64,
+                    limit,
+                });
+            }
+        }
+        if uidvalidity == Some(0) {
+            return Err(Error::InvalidImport("UIDVALIDITY 0 is not valid".into()));
+        }
+        if let Some(uv) = uidvalidity
+            && uv != current_uv
+        {
+            self.set_uidvalidity(account, mailbox, uv, now)?;
+        }
+        let uidvalidity = uidvalidity.unwrap_or(current_uv);
+        let mut stored = Vec::with_capacity(msgs.len());
+        for (_, m) in msgs {
+            let (h, meta) = self.blobs.put(m.raw)?;
+            stored.push((h, meta.size));
+        }
+        let modseq = self.hlc.tick(now);
+        let mut batch = Batch::default();
+        let mut out = Vec::with_capacity(msgs.len());
+        for ((uid, m), (blob, size)) in msgs.iter().zip(stored) {
+            let c = Creation {
+                blob,
+                date: m.internal_date,
+                modseq: modseq.0,
+                size,
+            };
+            batch.put(
+                account,
+                &mailbox.0,
+                *uid,
+                "c".into(),
+                ScalarValue::Bytes(c.encode()),
+            );
+            for f in m.flags.iter().collect::<FlagSet>().iter() {
+                batch.put(
+                    account,
+                    &mailbox.0,
+                    *uid,
+                    format!("f{f}"),
+                    ScalarValue::Int(modseq.0 as i64),
+                );
+            }
+            out.push(AppendOutcome {
+                uidvalidity,
+                uid: *uid,
+                modseq,
+            });
+        }
+        self.apply_batch(batch, now)?;
+        Ok(out)
+    }
+
     /// Changes flags of the messages with `uids` (`+FLAGS`, `-FLAGS` or `FLAGS`). With
     /// `unchanged_since` (CONDSTORE), messages modified after it are left alone and reported.
     /// UIDs that do not exist are ignored, as IMAP requires.

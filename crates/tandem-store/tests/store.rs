@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use tandem_store::{
-    Error, Flag, FlagOp, MailboxId, Modseq, SpecialUse, Store, StoreConfig, Timestamp,
+    Error, Flag, FlagOp, MailboxId, Modseq, NewMessage, SpecialUse, Store, StoreConfig, Timestamp,
 };
 
 const T0: i64 = 1_800_000_000_000;
@@ -772,4 +772,58 @@ fn failover_after_convergence_shows_the_same_uids_and_uidvalidity() {
     Store::sync_pair(&mut a, &mut b, now(21)).unwrap();
     assert_eq!(a.manifest(), m);
     let _ = Modseq(0);
+}
+
+#[test]
+fn import_keeps_uids_and_uidvalidity_across_nodes_and_reopen() {
+    let (dir, mut a) = new_store();
+    let ib = inbox(&a);
+    let m = |n: u32| NewMessage {
+        raw: Box::leak(msg(n).into_boxed_slice()),
+        flags: vec![Flag::Seen],
+        internal_date: 1_700_000_000 + n as i64,
+    };
+    let out = a
+        .import_batch(
+            "alice",
+            &ib,
+            Some(1_796_407_373),
+            &[(3, m(3)), (7, m(7)), (100, m(100))],
+            now(1),
+        )
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|o| o.uid).collect::<Vec<_>>(),
+        vec![3, 7, 100]
+    );
+    let st = a.status("alice", &ib).unwrap();
+    assert_eq!(
+        (st.uidvalidity, st.uidnext, st.exists),
+        (1_796_407_373, 101, 3)
+    );
+    // New mail goes above the imported UIDs, in this node's class.
+    let next = a.append("alice", &ib, &msg(200), &[], 0, now(2)).unwrap();
+    assert_eq!(next.uid, 113);
+    // Importing again into a used mailbox is refused, and nothing changes.
+    let e = a
+        .import_batch("alice", &ib, None, &[(500, m(500))], now(3))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidImport(_)), "{e}");
+    let trash = a.mailbox_id("alice", "Trash").unwrap();
+    assert!(
+        a.import_batch("alice", &trash, None, &[(5, m(5)), (5, m(6))], now(3))
+            .is_err()
+    );
+    assert_eq!(a.uids("alice", &trash).unwrap(), Vec::<u32>::new());
+    // A second node sees the same UIDs and UIDVALIDITY.
+    let bdir = tempfile::tempdir().unwrap();
+    let mut b = open(bdir.path(), 1);
+    Store::sync_pair(&mut a, &mut b, now(4)).unwrap();
+    let ibb = b.mailbox_id("alice", "INBOX").unwrap();
+    assert_eq!(b.uids("alice", &ibb).unwrap(), vec![3, 7, 100, 113]);
+    assert_eq!(b.status("alice", &ibb).unwrap().uidvalidity, 1_796_407_373);
+    drop(a);
+    let a = open(dir.path(), 0);
+    assert_eq!(a.uids("alice", &ib).unwrap(), vec![3, 7, 100, 113]);
+    assert_eq!(a.status("alice", &ib).unwrap().uidvalidity, 1_796_407_373);
 }
