@@ -48,6 +48,7 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     delivered: AtomicU64,
     failed: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// An LMTP server over a shared store. Cheap to clone.
@@ -93,6 +94,7 @@ impl Lmtp {
                 shutdown,
                 delivered: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
             }),
         }
     }
@@ -114,6 +116,11 @@ impl Lmtp {
     /// Recipient copies refused with a temporary or permanent error since start.
     pub fn failed(&self) -> u64 {
         self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Open connections (a graceful shutdown waits for them to reach zero).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Stops accepting; each connection finishes the transaction in flight (a message being
@@ -139,8 +146,11 @@ impl Lmtp {
             };
             let _ = tcp.set_nodelay(true);
             let shared = self.shared.clone();
+            shared.connections.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                if let Err(e) = connection(shared, tcp).await {
+                let r = connection(shared.clone(), tcp).await;
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "LMTP connection ended");
                 }
             });
