@@ -316,8 +316,13 @@ pub fn import_maildir(
 fn from_line_date(line: &str) -> Option<i64> {
     let rest = line.strip_prefix("From ")?;
     let (_, date) = rest.trim_end().split_once(' ')?;
-    let date = date.split_whitespace().collect::<Vec<_>>().join(" ");
-    chrono::NaiveDateTime::parse_from_str(&date, "%a %b %d %H:%M:%S %Y")
+    // The weekday is left out: a wrong one (common in hand-made files) must not lose the date.
+    let date = date
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ");
+    chrono::NaiveDateTime::parse_from_str(&date, "%b %d %H:%M:%S %Y")
         .ok()
         .map(|d| d.and_utc().timestamp())
 }

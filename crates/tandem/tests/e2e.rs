@@ -1,0 +1,589 @@
+//! End-to-end tests of the real `tandem` binary: two `tandem serve` processes paired on
+//! loopback, LMTP in on one and IMAP out on the other, import and export, bad configurations,
+//! SIGTERM during a delivery storm, and the README's first command.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn tandem(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run tandem")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    imap: u16,
+    lmtp: u16,
+    sync: u16,
+    metrics: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(slot: u8) -> Node {
+        let dir = tempfile::tempdir().expect("tmp");
+        ok(&tandem(dir.path(), &["init", "--slot", &slot.to_string()]));
+        let n = Node {
+            dir,
+            imap: free_port(),
+            lmtp: free_port(),
+            sync: free_udp_port(),
+            metrics: free_port(),
+            child: None,
+        };
+        std::fs::write(
+            n.dir.path().join("tandem.toml"),
+            format!(
+                "slot = {slot}\n[imap]\nlisten = [\"127.0.0.1:{}\"]\n[lmtp]\nlisten = [\"127.0.0.1:{}\"]\n[sync]\nlisten = \"127.0.0.1:{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[log]\nlevel = \"warn\"\n",
+                n.imap, n.lmtp, n.sync, n.metrics
+            ),
+        )
+        .expect("config");
+        let mut c = Command::new(BIN)
+            .arg("--dir")
+            .arg(n.dir.path())
+            .args(["user", "add", "alice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("user add");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"secret\n")
+            .expect("pw");
+        assert!(c.wait().expect("wait").success());
+        n
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn id(&self) -> String {
+        ok(&tandem(self.path(), &["id"])).trim().to_owned()
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(BIN)
+            .arg("--dir")
+            .arg(self.path())
+            .arg("serve")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve");
+        self.child = Some(child);
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.imap)).is_err() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("tandem serve exited ({st}): {err}");
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "serve did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A tiny IMAP client: one command, lines until the tagged reply.
+fn imap(port: u16, cmds: &[&str]) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("imap connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    let mut out = Vec::new();
+    let mut line = String::new();
+    r.read_line(&mut line).expect("greeting");
+    for (i, c) in ["LOGIN alice secret"].iter().chain(cmds).enumerate() {
+        let tag = format!("e{i}");
+        w.write_all(format!("{tag} {c}\r\n").as_bytes())
+            .expect("write");
+        loop {
+            line.clear();
+            if r.read_line(&mut line).expect("read") == 0 {
+                panic!("connection closed; so far {out:?}");
+            }
+            let l = line.trim_end().to_owned();
+            let done = l.starts_with(&format!("{tag} "));
+            out.push(l);
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn python(script: &str, args: &[String]) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    ok(&o)
+}
+
+const DELIVER: &str = r#"
+import smtplib, sys
+port, start, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+acked = []
+try:
+    c = smtplib.LMTP("127.0.0.1", port)
+    for i in range(start, start + count):
+        msg = ("From: storm@example.org\r\nSubject: storm %d\r\nMessage-ID: <storm%d@example.org>\r\n\r\nbody %d\r\n" % (i, i, i)).encode()
+        try:
+            c.sendmail("storm@example.org", ["alice@example.com"], msg)
+            acked.append(i)
+        except smtplib.SMTPException:
+            break
+except (OSError, smtplib.SMTPException):
+    pass
+print(" ".join(map(str, acked)))
+"#;
+
+#[test]
+fn two_serve_processes_lmtp_on_a_is_imap_on_b() {
+    let mut a = Node::new(0);
+    let mut b = Node::new(1);
+    ok(&tandem(
+        a.path(),
+        &["peer", "add", &b.id(), &format!("127.0.0.1:{}", b.sync)],
+    ));
+    ok(&tandem(
+        b.path(),
+        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
+    ));
+    a.start();
+    b.start();
+    let acked = python(DELIVER, &[a.lmtp.to_string(), "1".into(), "5".into()]);
+    assert_eq!(acked.split_whitespace().count(), 5, "{acked}");
+    let t = Instant::now();
+    loop {
+        let r = imap(b.imap, &["SELECT INBOX", "SEARCH SUBJECT storm"]);
+        if r.iter().any(|l| l == "* SEARCH 1 2 3 4 5") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B never showed A's mail: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = imap(
+        b.imap,
+        &[
+            "SELECT INBOX",
+            "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+        ],
+    );
+    assert!(
+        r.iter()
+            .any(|l| l.contains("BODY[HEADER.FIELDS (SUBJECT)]")),
+        "{r:?}"
+    );
+    // tandem status talks to the running daemon.
+    let st = ok(&tandem(a.path(), &["status"]));
+    assert!(
+        st.contains("connected") && st.contains("5 delivered"),
+        "{st}"
+    );
+    let metrics = {
+        let mut s = TcpStream::connect(("127.0.0.1", a.metrics)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("get");
+        let mut m = String::new();
+        s.read_to_string(&mut m).expect("read");
+        m
+    };
+    assert!(
+        metrics.contains("tandem_lmtp_delivered_total 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_sync_peers_connected 1"),
+        "{metrics}"
+    );
+    assert!(a.sigterm().success());
+    assert!(b.sigterm().success());
+}
+
+#[test]
+fn an_unknown_node_is_pending_until_accepted() {
+    let mut a = Node::new(0);
+    let mut b = Node::new(1);
+    // Only B trusts A; A refuses B and lists it as pending.
+    ok(&tandem(
+        b.path(),
+        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
+    ));
+    a.start();
+    b.start();
+    let t = Instant::now();
+    let b_id = b.id();
+    loop {
+        let p = ok(&tandem(a.path(), &["peer", "pending"]));
+        if p.contains(&b_id) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B never became pending on A: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&tandem(a.path(), &["peer", "accept", &b_id]));
+    python(DELIVER, &[b.lmtp.to_string(), "1".into(), "1".into()]);
+    let t = Instant::now();
+    loop {
+        let r = imap(a.imap, &["STATUS INBOX (MESSAGES)"]);
+        if r.iter().any(|l| l.contains("MESSAGES 1")) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "accepted peer did not sync: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_during_an_lmtp_storm_keeps_everything_acknowledged() {
+    let mut a = Node::new(0);
+    a.start();
+    let port = a.lmtp.to_string();
+    let storm = std::thread::spawn(move || python(DELIVER, &[port, "1".into(), "400".into()]));
+    std::thread::sleep(Duration::from_millis(400));
+    let st = a.sigterm();
+    assert!(st.success(), "{st}");
+    let acked: Vec<u32> = storm
+        .join()
+        .expect("storm")
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(!acked.is_empty(), "nothing was delivered before SIGTERM");
+    a.start();
+    let r = imap(a.imap, &["SELECT INBOX", "SEARCH SUBJECT storm"]);
+    let found = r
+        .iter()
+        .find(|l| l.starts_with("* SEARCH"))
+        .map(|l| l.split_whitespace().count() - 2)
+        .unwrap_or(0);
+    assert!(
+        found >= acked.len(),
+        "acknowledged {} but found {found}",
+        acked.len()
+    );
+    for i in [acked[0], acked[acked.len() / 2], acked[acked.len() - 1]] {
+        let r = imap(
+            a.imap,
+            &[
+                "SELECT INBOX",
+                &format!("SEARCH HEADER Message-ID <storm{i}@example.org>"),
+            ],
+        );
+        assert!(
+            r.iter().any(|l| l.starts_with("* SEARCH ") && l.len() > 9),
+            "storm {i} missing: {r:?}"
+        );
+    }
+    eprintln!(
+        "SIGTERM after {} acknowledged deliveries; all present after restart",
+        acked.len()
+    );
+}
+
+fn write_maildir(root: &Path) {
+    for d in ["cur", "new", "tmp", ".Work/cur", ".Work/new", ".Work/tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    let files = [
+        ("1700000001.M1.host:2,S", 5, "one"),
+        ("1700000002.M2.host:2,FS", 9, "two"),
+        ("1700000003.M3.host:2,", 12, "three"),
+    ];
+    let mut uidlist = String::from("3 V1234567 N13 G0123456789abcdef\n");
+    for (name, uid, subj) in files {
+        std::fs::write(
+            root.join("cur").join(name),
+            format!("From: a@example.org\nSubject: {subj}\nMessage-ID: <{subj}@example.org>\n\nbody {subj}\n"),
+        )
+        .expect("write");
+        let base = name.split(':').next().unwrap_or(name);
+        uidlist.push_str(&format!("{uid} W100 :{base}\n"));
+    }
+    std::fs::write(root.join("dovecot-uidlist"), uidlist).expect("uidlist");
+    std::fs::write(
+        root.join(".Work/new/1700000010.M9.host"),
+        "Subject: work\n\nwork body\n",
+    )
+    .expect("write");
+}
+
+#[test]
+fn import_dovecot_maildir_and_mbox_then_export() {
+    let mut a = Node::new(0);
+    let src = tempfile::tempdir().expect("tmp");
+    write_maildir(&src.path().join("Maildir"));
+    let out = ok(&tandem(
+        a.path(),
+        &[
+            "import",
+            "--user",
+            "alice",
+            src.path().join("Maildir").to_str().unwrap_or(""),
+        ],
+    ));
+    assert!(
+        out.contains("imported 4 messages into 2 mailboxes") && out.contains("1 kept"),
+        "{out}"
+    );
+    let mbox = src.path().join("old.mbox");
+    std::fs::write(
+        &mbox,
+        "From a@example.org Sat Jan  3 01:05:34 1996\nSubject: m1\nStatus: RO\n\nfirst\n>From the start\n\nFrom b@example.org Sun Jan  4 01:05:34 1996\nSubject: m2\nX-Status: F\n\nsecond\n",
+    )
+    .expect("mbox");
+    let out = ok(&tandem(
+        a.path(),
+        &[
+            "import",
+            "--user",
+            "alice",
+            "--mailbox",
+            "Old",
+            mbox.to_str().unwrap_or(""),
+        ],
+    ));
+    assert!(out.contains("imported 2 messages"), "{out}");
+    a.start();
+    let r = imap(
+        a.imap,
+        &[
+            "SELECT INBOX",
+            "UID FETCH 1:* (UID FLAGS)",
+            "STATUS Work (MESSAGES)",
+        ],
+    );
+    assert!(
+        r.iter().any(|l| l.contains("[UIDVALIDITY 1234567]")),
+        "{r:?}"
+    );
+    assert!(
+        r.iter().any(|l| l.contains("UID 5 FLAGS (\\Seen)")),
+        "{r:?}"
+    );
+    assert!(
+        r.iter()
+            .any(|l| l.contains("UID 9 FLAGS (\\Seen \\Flagged)")
+                || l.contains("UID 9 FLAGS (\\Flagged \\Seen)")),
+        "{r:?}"
+    );
+    assert!(r.iter().any(|l| l.contains("UID 12 FLAGS ()")), "{r:?}");
+    assert!(r.iter().any(|l| l.contains("MESSAGES 1")), "{r:?}");
+    let r = imap(
+        a.imap,
+        &[
+            "SELECT Old",
+            "FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[TEXT])",
+        ],
+    );
+    let joined = r.join("\n");
+    assert!(
+        joined.contains("03-Jan-1996 01:05:34 +0000") && joined.contains("\\Seen"),
+        "{joined}"
+    );
+    assert!(joined.contains("\\Flagged"), "{joined}");
+    // Export needs the store to itself.
+    assert!(a.sigterm().success());
+    let dst = src.path().join("export");
+    let out = ok(&tandem(
+        a.path(),
+        &["export", "--user", "alice", dst.to_str().unwrap_or("")],
+    ));
+    assert!(out.contains("exported 6 messages"), "{out}");
+    let uidlist = std::fs::read_to_string(dst.join("dovecot-uidlist")).expect("uidlist");
+    assert!(uidlist.starts_with("3 V1234567 "), "{uidlist}");
+    assert_eq!(
+        std::fs::read_dir(dst.join("cur"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        3
+    );
+    assert!(dst.join(".Old/cur").is_dir() && dst.join(".Work/cur").is_dir());
+}
+
+#[test]
+fn bad_setups_fail_clearly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing = dir.path().join("nope");
+    let o = tandem(&missing, &["serve"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not exist") && err.contains("tandem init"),
+        "{err}"
+    );
+
+    ok(&tandem(dir.path(), &["init"]));
+    std::fs::write(
+        dir.path().join("tandem.toml"),
+        "[imap]\nlisten = [\"127.0.0.1:0\"]\nlisen = 1\n",
+    )
+    .expect("cfg");
+    let o = tandem(dir.path(), &["serve"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("lisen"), "{err}");
+    std::fs::write(
+        dir.path().join("tandem.toml"),
+        "[lmtp]\ndurability = \"sometimes\"\n",
+    )
+    .expect("cfg");
+    let err = String::from_utf8_lossy(&tandem(dir.path(), &["serve"]).stderr).into_owned();
+    assert!(err.contains("lmtp.durability"), "{err}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    std::fs::write(
+        dir.path().join("tandem.toml"),
+        format!("[imap]\nlisten = [\"127.0.0.1:{port}\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n[sync]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"\"\n"),
+    )
+    .expect("cfg");
+    let o = tandem(dir.path(), &["serve"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (imap.listen[0])"
+        )),
+        "{err}"
+    );
+    let err = String::from_utf8_lossy(&tandem(&missing, &["id"]).stderr).into_owned();
+    assert!(err.contains("tandem init"), "{err}");
+}
+
+/// The README's first command, `cargo run --release -- demo`, is this binary with no flags.
+#[test]
+fn the_demo_runs_on_its_default_ports() {
+    let data = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(BIN)
+        .args(["demo", "--data"])
+        .arg(data.path().join("demo"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let t = Instant::now();
+    loop {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap_or(0) == 0 {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("demo ended early:\n{seen}\n{err}");
+        }
+        seen.push_str(&l);
+        if l.starts_with("ready") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+    assert!(seen.contains("node B has them: 3 messages"), "{seen}");
+    for port in [1143, 2143] {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("imap");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        let mut l = String::new();
+        r.read_line(&mut l).expect("greeting");
+        w.write_all(b"a LOGIN demo demo\r\nb STATUS INBOX (MESSAGES)\r\n")
+            .expect("write");
+        let mut got = String::new();
+        while !got.contains("b OK") {
+            l.clear();
+            assert!(r.read_line(&mut l).expect("read") > 0);
+            got.push_str(&l);
+        }
+        assert!(got.contains("MESSAGES 3"), "{port}: {got}");
+    }
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status();
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "{st}");
+    let _: PathBuf = data.path().to_owned();
+}
