@@ -345,6 +345,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_box_config_parses() {
+        let text = include_str!("../../../dist/tandem-box-a.toml").replace(
+            "REPLACE-WITH-THE-OUTPUT-OF-tandem-id-ON-MAIL-B",
+            &tandem_net::Identity::generate()
+                .expect("identity")
+                .node_id()
+                .to_string(),
+        );
+        let c = Config::parse(&text, "dist/tandem-box-a.toml").expect("parses");
+        assert_eq!(c.imap.listen_tls, vec!["0.0.0.0:993".to_string()]);
+        assert_eq!(c.sync.peers.len(), 1);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = |t: &str| Config::parse(t, "f").expect_err("should fail").0;
         assert!(
