@@ -574,7 +574,8 @@ impl Session {
         if skipped > 0 {
             tracing::warn!(skipped, "messages below the client's UIDNEXT are not shown");
         }
-        if !new.is_empty() || !gone.is_empty() && allow_expunge {
+        // EXISTS only announces growth: a removal is told by EXPUNGE/VANISHED alone.
+        if !new.is_empty() {
             sel.uids.extend(new);
             out.push(data(Data::Exists(sel.uids.len() as u32)));
         }

@@ -521,6 +521,10 @@ mod rfc2177_idle {
         assert!(!has(&r, "EXPUNGE"), "{r:#?}");
         let r = a.cmd("NOOP");
         assert!(has(&r, "* 1 EXPUNGE"), "{r:#?}");
+        assert!(
+            !has(&r, "EXISTS"),
+            "a removal is not announced with EXISTS: {r:#?}"
+        );
     }
 }
 
@@ -594,6 +598,18 @@ mod robustness {
         ok(&r);
         let r = c.cmd("SORT (DATE) UTF-8 ALL");
         assert_eq!(status_of(&r), "BAD");
+    }
+
+    #[test]
+    fn deeply_nested_search_is_refused_not_a_stack_overflow() {
+        let s = start();
+        let mut c = Client::login(s.addr, "alice", "secret");
+        ok(&c.cmd("SELECT INBOX"));
+        let deep = format!("SEARCH {}ALL", "NOT ".repeat(5000));
+        assert_eq!(status_of(&c.cmd(&deep)), "BAD");
+        let parens = format!("SEARCH {}ALL{}", "(".repeat(5000), ")".repeat(5000));
+        assert_eq!(status_of(&c.cmd(&parens)), "BAD");
+        ok(&c.cmd("NOOP"));
     }
 
     #[test]
