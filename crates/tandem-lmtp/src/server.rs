@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tandem_store::{Error as StoreError, Store, Timestamp};
+use tandem_store::{BlobHash, ChangeHash, Error as StoreError, Store, Timestamp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -19,11 +19,50 @@ pub type Resolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// Called after a delivery changed the store (a sync node pushes it to peers).
 pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
 
+/// Waits until a peer holds these changes (and their bodies), up to the timeout; `true` if it
+/// does. The daemon passes `tandem_net::Node::wait_applied_by_peer`.
+pub type PeerWait = Arc<
+    dyn Fn(
+            Vec<ChangeHash>,
+            Duration,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// When a message counts as delivered.
+#[derive(Clone)]
+pub enum Durability {
+    /// 250 once the message is on this node's disk.
+    Local,
+    /// 250 only once a peer also holds the message and its body, so acknowledged mail survives
+    /// losing this whole box. If no peer confirms within `timeout`, the answer is `451` (the
+    /// message stays stored here; the sender's retry of the same message waits for the same
+    /// confirmation instead of storing a second copy).
+    Peer {
+        /// How to wait for a peer.
+        wait: PeerWait,
+        /// How long to wait.
+        timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Local => f.write_str("Local"),
+            Durability::Peer { timeout, .. } => write!(f, "Peer({timeout:?})"),
+        }
+    }
+}
+
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct LmtpConfig {
     /// Session settings (host name, size limit, recipients).
     pub session: SessionConfig,
+    /// When to answer 250.
+    pub durability: Durability,
     /// Longest command line.
     pub max_command_line: usize,
     /// A connection idle this long is closed.
@@ -34,6 +73,7 @@ impl Default for LmtpConfig {
     fn default() -> Self {
         LmtpConfig {
             session: SessionConfig::default(),
+            durability: Durability::Local,
             max_command_line: 4096,
             idle_timeout: Duration::from_secs(300),
         }
@@ -49,6 +89,10 @@ struct Shared {
     delivered: AtomicU64,
     failed: AtomicU64,
     connections: AtomicU64,
+    /// Peer durability: copies stored here whose peer confirmation is still awaited, by
+    /// (account, body), with the changes to wait for. A retried delivery of the same message
+    /// waits on these instead of storing it again.
+    awaiting_peer: Mutex<std::collections::HashMap<(String, BlobHash), Vec<ChangeHash>>>,
 }
 
 /// An LMTP server over a shared store. Cheap to clone.
@@ -95,6 +139,7 @@ impl Lmtp {
                 delivered: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
+                awaiting_peer: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -158,27 +203,55 @@ impl Lmtp {
     }
 }
 
-/// Stores one delivery; one result per recipient.
-fn deliver(shared: &Shared, d: &Delivery) -> Vec<Result<(), DeliveryError>> {
+/// Stores one delivery; one result per recipient, with the changes that hold each stored copy.
+fn deliver(shared: &Shared, d: &Delivery) -> Vec<Result<Vec<ChangeHash>, DeliveryError>> {
     let now = now();
+    let peer_mode = matches!(shared.cfg.durability, Durability::Peer { .. });
+    let blob = BlobHash::of(&d.message);
     let mut store = lock(&shared.store);
     let before = store.change_counter();
     let mut out = Vec::with_capacity(d.recipients.len());
     for r in &d.recipients {
-        let res = store
-            .create_account(&r.account, now)
+        if peer_mode {
+            let waiting = lock(&shared.awaiting_peer)
+                .get(&(r.account.clone(), blob))
+                .cloned();
+            if let Some(hashes) = waiting {
+                // A retry of a message already stored here: wait for the same confirmation.
+                out.push(Ok(hashes));
+                continue;
+            }
+        }
+        let mut hashes = Vec::new();
+        let mut collect = |s: &Store, c0: u64| {
+            if s.change_counter() != c0 {
+                hashes.extend(
+                    s.last_write_heads()
+                        .iter()
+                        .flat_map(|(_, h)| h.iter().copied()),
+                );
+            }
+        };
+        let c0 = store.change_counter();
+        let res = store.create_account(&r.account, now);
+        collect(&store, c0);
+        let res = res
             .and_then(|()| store.mailbox_id(&r.account, "INBOX"))
             .and_then(|inbox| {
-                store.append(&r.account, &inbox, &d.message, &[], now.as_secs(), now)
+                let c0 = store.change_counter();
+                let a = store.append(&r.account, &inbox, &d.message, &[], now.as_secs(), now);
+                collect(&store, c0);
+                a
             });
         out.push(match res {
             Ok(a) => {
-                shared.delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(to = %r.address, account = %r.account, uid = a.uid, size = d.message.len(), "delivered");
-                Ok(())
+                tracing::info!(to = %r.address, account = %r.account, uid = a.uid, size = d.message.len(), "stored");
+                if peer_mode {
+                    lock(&shared.awaiting_peer).insert((r.account.clone(), blob), hashes.clone());
+                }
+                Ok(hashes)
             }
             Err(e) => {
-                shared.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(to = %r.address, error = %e, "delivery failed");
                 Err(match e {
                     StoreError::MessageTooLarge { .. } => DeliveryError::TooBig,
@@ -199,6 +272,36 @@ fn deliver(shared: &Shared, d: &Delivery) -> Vec<Result<(), DeliveryError>> {
         if let Some(h) = hook {
             h();
         }
+    }
+    out
+}
+
+/// Turns stored copies into final results: with peer durability, each waits for a peer.
+async fn confirm(
+    shared: &Shared,
+    d: &Delivery,
+    stored: Vec<Result<Vec<ChangeHash>, DeliveryError>>,
+) -> Vec<Result<(), DeliveryError>> {
+    let mut out = Vec::with_capacity(stored.len());
+    let blob = BlobHash::of(&d.message);
+    for (r, res) in d.recipients.iter().zip(stored) {
+        let res = match (res, &shared.cfg.durability) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Durability::Local) => Ok(()),
+            (Ok(hashes), Durability::Peer { wait, timeout }) => {
+                if wait(hashes, *timeout).await {
+                    lock(&shared.awaiting_peer).remove(&(r.account.clone(), blob));
+                    Ok(())
+                } else {
+                    Err(DeliveryError::NotReplicated)
+                }
+            }
+        };
+        match &res {
+            Ok(()) => shared.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => shared.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        out.push(res);
     }
     out
 }
@@ -259,9 +362,11 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) -> io::Result<()> {
                 Event::Deliver(d) => {
                     let sh = shared.clone();
                     // Durable appends fsync: keep them off the async workers.
-                    let results = tokio::task::spawn_blocking(move || deliver(&sh, &d))
+                    let d2 = d.clone();
+                    let stored = tokio::task::spawn_blocking(move || deliver(&sh, &d2))
                         .await
                         .map_err(io::Error::other)?;
+                    let results = confirm(&shared, &d, stored).await;
                     events.extend(session.delivered(results));
                 }
             }

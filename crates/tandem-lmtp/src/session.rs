@@ -53,6 +53,9 @@ pub enum DeliveryError {
     /// Anything else, also temporary (451): the sender keeps the message and retries, so a
     /// failure of ours never loses mail.
     Temporary(String),
+    /// Stored here, but no peer confirmed holding it in time (peer durability): 451, and the
+    /// retry waits for the same confirmation.
+    NotReplicated,
 }
 
 /// What the driver must do.
@@ -286,6 +289,10 @@ impl LmtpSession {
                 Err(DeliveryError::Temporary(e)) => {
                     format!("451 4.3.0 <{}> temporary failure: {e}", r.address)
                 }
+                Err(DeliveryError::NotReplicated) => format!(
+                    "451 4.4.0 <{}> stored here but no peer confirmed it yet: try again later",
+                    r.address
+                ),
             }));
         }
         self.state = State::Ready;

@@ -3,13 +3,13 @@
 //! between sockets and sessions: control frames on one bidirectional stream, message bodies on
 //! unidirectional streams of their own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use tandem_store::{Store, Timestamp};
+use tandem_store::{ChangeHash, Store, Timestamp};
 use tandem_sync::{CloseCode, Frame, Session, SessionConfig};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -86,6 +86,13 @@ struct Inner {
     conns: Mutex<BTreeMap<NodeId, (Connection, NodeId)>>,
     changed: broadcast::Sender<Changed>,
     next_conn: std::sync::atomic::AtomicU64,
+    /// Our changes some peer reported as applied durably with their bodies, and when.
+    applied: Mutex<HashMap<ChangeHash, Instant>>,
+    applied_notify: tokio::sync::Notify,
+    /// Local writes announced with notify_local_change and not yet confirmed by a peer.
+    written_at: Mutex<HashMap<ChangeHash, Instant>>,
+    /// The last replication lags measured (write announced here until a peer's Applied).
+    lags: Mutex<std::collections::VecDeque<Duration>>,
 }
 
 /// A running sync node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -145,6 +152,10 @@ impl Node {
             conns: Mutex::new(BTreeMap::new()),
             changed,
             next_conn: std::sync::atomic::AtomicU64::new(1),
+            applied: Mutex::new(HashMap::new()),
+            applied_notify: tokio::sync::Notify::new(),
+            written_at: Mutex::new(HashMap::new()),
+            lags: Mutex::new(std::collections::VecDeque::new()),
         });
         let node = Node {
             inner,
@@ -220,7 +231,35 @@ impl Node {
 
     /// Tells the node that the store was written locally: connected peers get the changes now.
     pub fn notify_local_change(&self) {
+        // Remember when this write happened, to measure how long until a peer holds it.
+        let heads: Vec<ChangeHash> = lock(&self.inner.store)
+            .last_write_heads()
+            .iter()
+            .flat_map(|(_, h)| h.iter().copied())
+            .collect();
+        if !heads.is_empty() {
+            let t = Instant::now();
+            let mut w = lock(&self.inner.written_at);
+            if w.len() > 10_000 {
+                w.retain(|_, at| t.duration_since(*at) < Duration::from_secs(600));
+            }
+            for h in heads {
+                w.entry(h).or_insert(t);
+            }
+        }
         let _ = self.inner.changed.send(0);
+    }
+
+    /// Replication lag of recent local writes: time from the write until a peer reported it
+    /// applied, as (median, maximum) over the last 256 confirmed writes.
+    pub fn replication_lag(&self) -> Option<(Duration, Duration)> {
+        let lags = lock(&self.inner.lags);
+        if lags.is_empty() {
+            return None;
+        }
+        let mut v: Vec<Duration> = lags.iter().copied().collect();
+        v.sort_unstable();
+        Some((v[v.len() / 2], v[v.len() - 1]))
     }
 
     /// Every change to the store the node knows of: `0` for a local write announced with
@@ -228,6 +267,26 @@ impl Node {
     /// server waits on these to wake its IDLE sessions).
     pub fn subscribe_changes(&self) -> broadcast::Receiver<u64> {
         self.inner.changed.subscribe()
+    }
+
+    /// Waits until some peer has applied every one of `hashes` (changes written here, e.g. by
+    /// [`tandem_store::Store::last_write_heads`]) durably, bodies included, or `timeout`
+    /// passes. This is what lets LMTP answer 250 only once a message is on two nodes.
+    pub async fn wait_applied_by_peer(&self, hashes: &[ChangeHash], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register for the wake-up before checking, so none is missed in between.
+            let notified = self.inner.applied_notify.notified();
+            {
+                let applied = lock(&self.inner.applied);
+                if hashes.iter().all(|h| applied.contains_key(h)) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Closes every connection and stops all tasks.
@@ -542,6 +601,30 @@ fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64) {
     let mut store = lock(&inner.store);
     let before = store.change_counter();
     session.handle_frame(&mut store, frame, now());
+    let applied = session.take_applied_by_peer();
+    if !applied.is_empty() {
+        let mut map = lock(&inner.applied);
+        let t = Instant::now();
+        // Forget acknowledgements nobody waited for within ten minutes.
+        if map.len() > 100_000 {
+            map.retain(|_, at| t.duration_since(*at) < Duration::from_secs(600));
+        }
+        {
+            let mut written = lock(&inner.written_at);
+            let mut lags = lock(&inner.lags);
+            for h in &applied {
+                if let Some(at) = written.remove(h) {
+                    if lags.len() >= 256 {
+                        lags.pop_front();
+                    }
+                    lags.push_back(t.duration_since(at));
+                }
+            }
+        }
+        map.extend(applied.into_iter().map(|h| (h, t)));
+        drop(map);
+        inner.applied_notify.notify_waiters();
+    }
     // Compare a counter rather than draining events: those belong to the embedding
     // application (an IMAP server waiting in IDLE, say).
     if store.change_counter() != before {

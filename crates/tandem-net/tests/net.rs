@@ -327,3 +327,52 @@ async fn a_partition_with_writes_on_both_sides_heals() {
     a.node.shutdown().await;
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_confirms_the_writes_it_holds() {
+    let a = TestNode::start(0).await;
+    let b = TestNode::start(1).await;
+    // Nobody to confirm yet: waiting times out.
+    let _ = a.append(1);
+    let hashes: Vec<_> = a
+        .store
+        .lock()
+        .unwrap()
+        .last_write_heads()
+        .iter()
+        .flat_map(|(_, h)| h.clone())
+        .collect();
+    assert!(!hashes.is_empty());
+    assert!(
+        !a.node
+            .wait_applied_by_peer(&hashes, Duration::from_millis(300))
+            .await
+    );
+    a.trust(&b, true);
+    b.trust(&a, true);
+    // Once B has applied the append (and has its body), A hears of it.
+    assert!(
+        a.node
+            .wait_applied_by_peer(&hashes, Duration::from_secs(20))
+            .await
+    );
+    let h = a.append(2);
+    let hashes: Vec<_> = a
+        .store
+        .lock()
+        .unwrap()
+        .last_write_heads()
+        .iter()
+        .flat_map(|(_, h)| h.clone())
+        .collect();
+    let t = Instant::now();
+    assert!(
+        a.node
+            .wait_applied_by_peer(&hashes, Duration::from_secs(20))
+            .await
+    );
+    eprintln!("append confirmed by the peer after {:?}", t.elapsed());
+    assert!(b.has(&h), "confirmed means B shows it");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}

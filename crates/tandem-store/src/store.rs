@@ -118,6 +118,8 @@ pub struct Store {
     pub(crate) change_counter: u64,
     /// See [`Store::last_compaction_error`].
     pub(crate) compaction_error: Option<String>,
+    /// See [`Store::last_write_heads`].
+    pub(crate) last_write: Vec<(String, Vec<ChangeHash>)>,
 }
 
 const VIEW_MAGIC: &[u8; 8] = b"TDVIEW01";
@@ -156,6 +158,7 @@ impl Store {
             events: VecDeque::new(),
             change_counter: 0,
             compaction_error: None,
+            last_write: Vec::new(),
         };
         for key in list_docs(&docs_dir)? {
             store.docs.insert(key, DocEntry::default());
@@ -273,15 +276,25 @@ impl Store {
             self.evict(record.into_iter().map(|(k, _)| k));
             return Err(e);
         }
+        self.last_write.clear();
         for (k, _) in &record {
             if let Some(e) = self.docs.get_mut(k) {
                 e.changed = true;
                 if let Some(d) = &e.doc {
                     e.heads = d.get_heads();
                 }
+                self.last_write.push((k.clone(), e.heads.clone()));
             }
         }
         Ok(())
+    }
+
+    /// The documents the last durable write touched, with their heads right after it. After a
+    /// local write (an append, say) each head set is exactly that write's change, so a peer
+    /// that has applied these hashes holds the write (see `tandem_net::Node::
+    /// wait_applied_by_peer`).
+    pub fn last_write_heads(&self) -> &[(String, Vec<ChangeHash>)] {
+        &self.last_write
     }
 
     /// Compacts if the journal has grown past the configured size. Called after writes.

@@ -14,7 +14,7 @@ use tandem_store::{BlobHash, ChangeHash};
 
 /// Protocol version spoken by this build. A peer with another version is refused with a
 /// [`Frame::Close`] naming both.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame accepted (type + payload), in bytes. A message body is sent in one frame, so
 /// this also bounds the largest body a node can receive.
@@ -57,6 +57,13 @@ pub enum Frame {
     Missing {
         /// Hashes of the bodies the sender lacks.
         hashes: Vec<BlobHash>,
+    },
+    /// Changes the sender received from the receiver and has now applied durably, with every
+    /// message body they refer to: the receiver may count them as held by two nodes (LMTP
+    /// `durability = "peer"`). Added in protocol version 2.
+    Applied {
+        /// Hashes of the applied changes.
+        hashes: Vec<ChangeHash>,
     },
     /// The sender is closing the connection, and why.
     Close {
@@ -186,6 +193,7 @@ impl Frame {
             Frame::Blob { .. } => 5,
             Frame::Close { .. } => 6,
             Frame::Missing { .. } => 7,
+            Frame::Applied { .. } => 8,
         }
     }
 
@@ -227,6 +235,12 @@ impl Frame {
             Frame::Blob { hash, data } => {
                 w.hash(&hash.0);
                 w.bytes(data);
+            }
+            Frame::Applied { hashes } => {
+                w.u32(hashes.len());
+                for h in hashes {
+                    w.hash(&h.0);
+                }
             }
             Frame::Close { code, reason } => {
                 w.u16(*code);
@@ -337,13 +351,19 @@ impl Frame {
             7 => Frame::Missing {
                 hashes: blob_list(p, "Missing")?,
             },
+            8 => Frame::Applied {
+                hashes: blob_list(p, "Applied")?
+                    .into_iter()
+                    .map(|b| ChangeHash(b.0))
+                    .collect(),
+            },
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(frame)
     }
 }
 
-/// A payload that is a count and that many body hashes (WantBlobs, Missing).
+/// A payload that is a count and that many 32-byte hashes (WantBlobs, Missing, Applied).
 fn blob_list(p: &[u8], what: &'static str) -> Result<Vec<BlobHash>, FrameError> {
     let mut r = R { buf: p, what };
     let n = r.count(32)?;
@@ -387,6 +407,9 @@ mod tests {
             },
             Frame::Missing {
                 hashes: vec![BlobHash([3; 32]), BlobHash([4; 32])],
+            },
+            Frame::Applied {
+                hashes: vec![ChangeHash([5; 32])],
             },
         ]
     }

@@ -92,6 +92,8 @@ pub struct Session {
     /// and never has to lift one above another that merely arrived first.
     held: VecDeque<Held>,
     out: VecDeque<Frame>,
+    /// Our changes the peer reported as applied with their bodies, not yet taken by the driver.
+    applied_by_peer: Vec<ChangeHash>,
     next_resync: Option<Timestamp>,
     closed: Option<Closed>,
     stats: SessionStats,
@@ -114,10 +116,17 @@ impl Session {
             peer_lacks: BTreeSet::new(),
             held: VecDeque::new(),
             out,
+            applied_by_peer: Vec::new(),
             next_resync: None,
             closed: None,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Hashes of our changes the peer has applied durably, with their bodies, since the last
+    /// call (from its Applied frames).
+    pub fn take_applied_by_peer(&mut self) -> Vec<ChangeHash> {
+        std::mem::take(&mut self.applied_by_peer)
     }
 
     /// The next frame to send, if any.
@@ -259,6 +268,12 @@ impl Session {
             }
             (Phase::Ready, Frame::Manifest { docs }) => self.on_manifest(store, docs, now),
             (Phase::Ready, Frame::Changes { docs }) => self.on_changes(store, docs, now),
+            (Phase::Ready, Frame::Applied { hashes }) => {
+                // Bounded: a peer cannot make us hold more than a frame's worth at a time.
+                if self.applied_by_peer.len() < 1 << 20 {
+                    self.applied_by_peer.extend(hashes);
+                }
+            }
             (Phase::Ready, Frame::WantBlobs { hashes }) => {
                 // A peer asks for at most max_blobs_in_flight at a time; more is not answered
                 // (it asks again), so one frame cannot make us load every body we have.
@@ -362,7 +377,7 @@ impl Session {
     fn on_changes(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
         let needs: BTreeSet<BlobHash> = store.blobs_needed(&docs).into_iter().collect();
         if needs.is_empty() && self.held.is_empty() {
-            self.apply(store, docs, now);
+            self.apply(store, docs, now, true);
             return;
         }
         self.held.push_back(Held {
@@ -389,7 +404,10 @@ impl Session {
                 break;
             }
             if let Some(h) = self.held.pop_front() {
-                self.apply(store, h.docs, now);
+                // Released on time-out with bodies still missing: applied, but not reported
+                // as held here (the peer must not count it as on two nodes yet).
+                let complete = h.needs.is_empty();
+                self.apply(store, h.docs, now, complete);
             }
             if self.phase == Phase::Closed {
                 return;
@@ -397,12 +415,26 @@ impl Session {
         }
     }
 
-    fn apply(&mut self, store: &mut Store, docs: Vec<(String, Vec<Vec<u8>>)>, now: Timestamp) {
+    fn apply(
+        &mut self,
+        store: &mut Store,
+        docs: Vec<(String, Vec<Vec<u8>>)>,
+        now: Timestamp,
+        complete: bool,
+    ) {
         let n: u64 = docs.iter().map(|(_, c)| c.len() as u64).sum();
         match store.apply_changes_batch(docs, now) {
             // The peer has what it sent: remember that, so a relay does not echo it back.
             Ok(sent) => {
                 self.stats.changes_in += n;
+                if complete {
+                    // Durable here (the batch was persisted) with every body it needs.
+                    let hashes: Vec<ChangeHash> =
+                        sent.iter().flat_map(|(_, h)| h.iter().copied()).collect();
+                    if !hashes.is_empty() {
+                        self.out.push_back(Frame::Applied { hashes });
+                    }
+                }
                 for (key, hashes) in sent {
                     let known = self.peer_heads.entry(key).or_default();
                     known.extend(hashes);
@@ -520,5 +552,6 @@ fn name(f: &Frame) -> &'static str {
         Frame::Blob { .. } => "Blob",
         Frame::Close { .. } => "Close",
         Frame::Missing { .. } => "Missing",
+        Frame::Applied { .. } => "Applied",
     }
 }

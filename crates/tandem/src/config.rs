@@ -32,9 +32,11 @@ pub const DEFAULT_CONFIG: &str = r#"# Tandem configuration. Every key is optiona
 # listen = ["127.0.0.1:24"]
 # Largest message accepted, in bytes.
 # max_message_size = 67108864
-# When to answer 250: "local" (once on this node's disk). ("peer", once a peer also holds the
-# message, is not implemented yet and is refused.)
+# When to answer 250: "local" (once on this node's disk) or "peer" (only once a peer also holds
+# the message and its body, so acknowledged mail survives losing this whole box; if no peer
+# confirms within peer_timeout_secs the answer is 451 and the sender retries).
 # durability = "local"
+# peer_timeout_secs = 30
 
 [sync]
 # QUIC (UDP) address for peer-to-peer sync.
@@ -110,8 +112,10 @@ pub struct LmtpSection {
     pub listen: Vec<String>,
     /// Largest message.
     pub max_message_size: u64,
-    /// `local` (or `peer`, refused for now).
+    /// `local` or `peer`.
     pub durability: String,
+    /// With `peer`: how long to wait for a peer's confirmation before answering 451.
+    pub peer_timeout_secs: u64,
 }
 
 /// `[sync]`
@@ -185,6 +189,7 @@ impl Default for LmtpSection {
             listen: vec!["127.0.0.1:24".into()],
             max_message_size: 64 << 20,
             durability: "local".into(),
+            peer_timeout_secs: 30,
         }
     }
 }
@@ -276,16 +281,14 @@ impl Config {
         for (i, l) in self.lmtp.listen.iter().enumerate() {
             addr(&format!("lmtp.listen[{i}]"), l)?;
         }
+        if self.lmtp.peer_timeout_secs == 0 || self.lmtp.peer_timeout_secs > 3600 {
+            return err("lmtp.peer_timeout_secs: must be between 1 and 3600".into());
+        }
         if self.lmtp.max_message_size < 1024 {
             return err("lmtp.max_message_size: must be at least 1024".into());
         }
         match self.lmtp.durability.as_str() {
-            "local" => {}
-            "peer" => {
-                return err(
-                    "lmtp.durability: \"peer\" is not implemented yet; use \"local\"".into(),
-                );
-            }
+            "local" | "peer" => {}
             other => {
                 return err(format!(
                     "lmtp.durability: {other:?} is not one of \"local\", \"peer\""
@@ -367,7 +370,8 @@ mod tests {
             e("imap = { lisen = [] }")
         );
         assert!(e("slot = 99").contains("slot"));
-        assert!(e("[lmtp]\ndurability = \"peer\"").contains("lmtp.durability"));
+        assert!(e("[lmtp]\ndurability = \"sometimes\"").contains("lmtp.durability"));
+        assert!(e("[lmtp]\npeer_timeout_secs = 0").contains("lmtp.peer_timeout_secs"));
         assert!(e("[imap]\nplaintext = \"maybe\"").contains("imap.plaintext"));
         assert!(e("[imap]\nlisten = [\"nowhere\"]").contains("imap.listen[0]"));
         assert!(e("[imap]\ntls_cert = \"/x\"").contains("imap.tls_key"));

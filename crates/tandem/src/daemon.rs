@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tandem_imap::{Imap, ImapConfig, Listener, Plaintext, Users};
-use tandem_lmtp::{Lmtp, LmtpConfig, SessionConfig};
+use tandem_lmtp::{Durability, Lmtp, LmtpConfig, SessionConfig};
 use tandem_net::{Identity, Node, NodeConfig, NodeId, PeerConfig};
 use tandem_store::{Error as StoreError, Store, StoreConfig};
 use tokio::net::TcpListener;
@@ -279,6 +279,18 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
                 hostname: cfg.hostname.clone(),
                 max_message_size: cfg.lmtp.max_message_size,
                 ..SessionConfig::default()
+            },
+            durability: if cfg.lmtp.durability == "peer" {
+                let n = node.clone();
+                Durability::Peer {
+                    wait: Arc::new(move |hashes, timeout| {
+                        let n = n.clone();
+                        Box::pin(async move { n.wait_applied_by_peer(&hashes, timeout).await })
+                    }),
+                    timeout: Duration::from_secs(cfg.lmtp.peer_timeout_secs),
+                }
+            } else {
+                Durability::Local
             },
             ..LmtpConfig::default()
         },

@@ -587,3 +587,86 @@ fn the_demo_runs_on_its_default_ports() {
     assert!(st.success(), "{st}");
     let _: PathBuf = data.path().to_owned();
 }
+
+const ONE: &str = r#"
+import smtplib, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+msg = ("From: p@example.org\r\nSubject: peer %d\r\nMessage-ID: <peer%d@example.org>\r\n\r\nbody\r\n" % (n, n)).encode()
+c = smtplib.LMTP("127.0.0.1", port)
+try:
+    c.sendmail("p@example.org", ["alice@example.com"], msg)
+    print(250)
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code)
+c.quit()
+"#;
+
+#[test]
+fn peer_durability_answers_250_only_once_a_peer_holds_the_message() {
+    let mut a = Node::new(0);
+    let mut b = Node::new(1);
+    let cfg = std::fs::read_to_string(a.path().join("tandem.toml")).expect("cfg");
+    std::fs::write(
+        a.path().join("tandem.toml"),
+        cfg.replace(
+            "[lmtp]\n",
+            "[lmtp]\ndurability = \"peer\"\npeer_timeout_secs = 2\n",
+        ),
+    )
+    .expect("cfg");
+    ok(&tandem(
+        a.path(),
+        &["peer", "add", &b.id(), &format!("127.0.0.1:{}", b.sync)],
+    ));
+    ok(&tandem(
+        b.path(),
+        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
+    ));
+    a.start();
+    b.start();
+    let count = |port: u16, n: u32| {
+        let r = imap(
+            port,
+            &[
+                "SELECT INBOX",
+                &format!("SEARCH HEADER Message-ID <peer{n}@example.org>"),
+            ],
+        );
+        r.iter()
+            .find(|l| l.starts_with("* SEARCH"))
+            .map_or(0, |l| l.split_whitespace().count() - 2)
+    };
+    // Both up: 250, and B has it by then.
+    let t = Instant::now();
+    loop {
+        let code = python(ONE, &[a.lmtp.to_string(), "1".into()]);
+        if code.trim() == "250" {
+            break;
+        }
+        // The first try may come before the two nodes connected.
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never confirmed: {code}"
+        );
+    }
+    assert_eq!(count(b.imap, 1), 1, "250 means B holds it");
+    // B down: A stores the message but answers 451, so the sender keeps it.
+    assert!(b.sigterm().success());
+    assert_eq!(python(ONE, &[a.lmtp.to_string(), "2".into()]).trim(), "451");
+    // B back: the sender's retry of the same message gets 250 without a second copy on A.
+    b.start();
+    let t = Instant::now();
+    loop {
+        let code = python(ONE, &[a.lmtp.to_string(), "2".into()]);
+        if code.trim() == "250" {
+            break;
+        }
+        assert_eq!(code.trim(), "451");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "retry never confirmed"
+        );
+    }
+    assert_eq!(count(a.imap, 2), 1, "the retry did not store a second copy");
+    assert_eq!(count(b.imap, 2), 1);
+}
