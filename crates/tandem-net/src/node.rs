@@ -93,6 +93,8 @@ struct Inner {
     written_at: Mutex<HashMap<ChangeHash, Instant>>,
     /// The last replication lags measured (write announced here until a peer's Applied).
     lags: Mutex<std::collections::VecDeque<Duration>>,
+    /// When each peer last sent a frame.
+    last_seen: Mutex<HashMap<NodeId, SystemTime>>,
 }
 
 /// A running sync node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -156,6 +158,7 @@ impl Node {
             applied_notify: tokio::sync::Notify::new(),
             written_at: Mutex::new(HashMap::new()),
             lags: Mutex::new(std::collections::VecDeque::new()),
+            last_seen: Mutex::new(HashMap::new()),
         });
         let node = Node {
             inner,
@@ -248,6 +251,14 @@ impl Node {
             }
         }
         let _ = self.inner.changed.send(0);
+    }
+
+    /// When each peer last sent us a frame (since this node started).
+    pub fn last_seen(&self) -> Vec<(NodeId, SystemTime)> {
+        lock(&self.inner.last_seen)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     /// Replication lag of recent local writes: time from the write until a peer reported it
@@ -471,7 +482,7 @@ async fn run_connection(inner: Arc<Inner>, conn: Connection, peer: NodeId, diale
         conn.accept_bi().await
     };
     let reason = match streams {
-        Ok((send, recv)) => drive(&inner, &conn, me, send, recv).await,
+        Ok((send, recv)) => drive(&inner, &conn, me, peer, send, recv).await,
         Err(e) => format!("no control stream: {e}"),
     };
     info!(peer = %peer, "disconnected: {reason}");
@@ -489,6 +500,7 @@ async fn drive(
     inner: &Arc<Inner>,
     conn: &Connection,
     me: u64,
+    peer: NodeId,
     send: SendStream,
     mut recv: RecvStream,
 ) -> String {
@@ -541,7 +553,7 @@ async fn drive(
                             match Frame::decode(&buf) {
                                 Ok(Some((frame, used))) => {
                                     buf.drain(..used);
-                                    handle(inner, &mut session, frame, me);
+                                    handle(inner, &mut session, frame, me, peer);
                                 }
                                 Ok(None) => break,
                                 Err(e) => {
@@ -569,7 +581,7 @@ async fn drive(
             }
             Some(body) = bodies_rx.recv() => {
                 match body {
-                    Ok(frame) => handle(inner, &mut session, frame, me),
+                    Ok(frame) => handle(inner, &mut session, frame, me, peer),
                     Err(reason) => session.close(CloseCode::Protocol, reason),
                 }
             }
@@ -597,7 +609,8 @@ async fn drive(
     }
 }
 
-fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64) {
+fn handle(inner: &Arc<Inner>, session: &mut Session, frame: Frame, me: u64, peer: NodeId) {
+    lock(&inner.last_seen).insert(peer, SystemTime::now());
     let mut store = lock(&inner.store);
     let before = store.change_counter();
     session.handle_frame(&mut store, frame, now());

@@ -136,6 +136,8 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     paths: Paths,
+    started: Instant,
+    disk_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Running {
@@ -361,7 +363,20 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
         metrics_addr: None,
         tasks,
         paths: paths.clone(),
+        started: Instant::now(),
+        disk_bytes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
+    // The store's size on disk: a walk of every blob file, so in the background, once a minute.
+    let (db, store_dir) = (running.disk_bytes.clone(), paths.store());
+    running.tasks.push(tokio::spawn(async move {
+        loop {
+            let d = store_dir.clone();
+            if let Ok(n) = tokio::task::spawn_blocking(move || crate::metrics::dir_size(&d)).await {
+                db.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }));
     running.sync_addr = running.node.local_addr();
     if !cfg.metrics.listen.is_empty() {
         let l = bind("metrics.listen", &cfg.metrics.listen).await?;
@@ -450,6 +465,8 @@ pub struct View {
     pub paths: Paths,
     /// When the daemon started.
     pub started: Instant,
+    /// Bytes the store uses on disk, measured in the background.
+    pub disk_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Running {
@@ -461,7 +478,8 @@ impl Running {
             imap: self.imap.clone(),
             lmtp: self.lmtp.clone(),
             paths: self.paths.clone(),
-            started: Instant::now(),
+            started: self.started,
+            disk_bytes: self.disk_bytes.clone(),
         }
     }
 

@@ -8,6 +8,33 @@ use tokio::net::TcpListener;
 
 use crate::daemon::View;
 
+/// Bytes under a directory (files only, symlinks not followed).
+pub fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+fn ago(t: std::time::SystemTime) -> String {
+    match t.elapsed() {
+        Ok(d) if d.as_secs() < 1 => "just now".into(),
+        Ok(d) => format!("{} s ago", d.as_secs()),
+        Err(_) => "just now".into(),
+    }
+}
+
 /// Store figures, gathered under the store lock.
 struct StoreFigures {
     accounts: usize,
@@ -94,6 +121,20 @@ pub fn prometheus(v: &View) -> String {
         "Bytes received over the live sync connections.",
         rx.to_string(),
     );
+    if let Some((p50, max)) = v.node.replication_lag() {
+        metric(
+            "tandem_sync_replication_lag_p50_seconds",
+            "gauge",
+            "Median time from a local write until a peer holds it (last 256 writes).",
+            format!("{:.6}", p50.as_secs_f64()),
+        );
+        metric(
+            "tandem_sync_replication_lag_max_seconds",
+            "gauge",
+            "Longest time from a local write until a peer held it (last 256 writes).",
+            format!("{:.6}", max.as_secs_f64()),
+        );
+    }
     metric(
         "tandem_store_accounts",
         "gauge",
@@ -146,34 +187,64 @@ pub fn status(v: &View) -> String {
     );
     let _ = writeln!(
         out,
-        "store     {} accounts, {} mailboxes, {} messages, {} waiting for their body",
-        f.accounts, f.mailboxes, f.messages, f.waiting_bodies
+        "store     {} accounts, {} mailboxes, {} messages, {} waiting for their body, {:.1} MiB on disk",
+        f.accounts,
+        f.mailboxes,
+        f.messages,
+        f.waiting_bodies,
+        v.disk_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64
     );
     let _ = writeln!(
         out,
         "sync      {} B sent, {} B received on live connections",
         tx, rx
     );
+    match v.node.replication_lag() {
+        Some((p50, max)) => {
+            let _ = writeln!(
+                out,
+                "lag       {:.1} ms median, {:.1} ms max: local write until a peer holds it (last 256)",
+                p50.as_secs_f64() * 1000.0,
+                max.as_secs_f64() * 1000.0
+            );
+        }
+        None => {
+            let _ = writeln!(out, "lag       no local write confirmed by a peer yet");
+        }
+    }
     let peers = crate::daemon::PeersFile::load(&v.paths.peers()).unwrap_or_default();
     let _ = writeln!(out, "peers");
     if peers.peers.is_empty() && connected.is_empty() {
         let _ = writeln!(out, "  (none: add one with `tandem peer add ID ADDRESS`)");
     }
+    let seen = v.node.last_seen();
+    let last = |id: &str| {
+        seen.iter()
+            .find(|(n, _)| n.to_string() == id)
+            .map_or("nothing received since start".to_owned(), |(_, t)| {
+                format!("last frame {}", ago(*t))
+            })
+    };
     let mut listed = Vec::new();
     for p in &peers.peers {
         let up = connected.iter().any(|c| c.to_string() == p.id);
         listed.push(p.id.clone());
         let _ = writeln!(
             out,
-            "  {}  {}  {}",
+            "  {}  {}, {}  {}",
             p.id,
             if up { "connected" } else { "not connected" },
+            last(&p.id),
             p.addresses.join(", ")
         );
     }
     for c in &connected {
         if !listed.contains(&c.to_string()) {
-            let _ = writeln!(out, "  {c}  connected  (from the configuration file)");
+            let _ = writeln!(
+                out,
+                "  {c}  connected, {}  (from the configuration file)",
+                last(&c.to_string())
+            );
         }
     }
     let pending = v.node.pending();

@@ -257,6 +257,15 @@ fn two_serve_processes_lmtp_on_a_is_imap_on_b() {
         st.contains("connected") && st.contains("5 delivered"),
         "{st}"
     );
+    assert!(
+        st.contains("ms median"),
+        "replication lag is measured: {st}"
+    );
+    assert!(
+        st.contains("last frame") && st.contains("MiB on disk"),
+        "{st}"
+    );
+    eprintln!("{st}");
     let metrics = {
         let mut s = TcpStream::connect(("127.0.0.1", a.metrics)).expect("metrics");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("get");
@@ -270,6 +279,10 @@ fn two_serve_processes_lmtp_on_a_is_imap_on_b() {
     );
     assert!(
         metrics.contains("tandem_sync_peers_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_sync_replication_lag_p50_seconds"),
         "{metrics}"
     );
     assert!(a.sigterm().success());
