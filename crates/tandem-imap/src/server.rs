@@ -66,6 +66,9 @@ pub struct ImapConfig {
     pub idle_keepalive: Duration,
     /// Malformed commands in a row before the connection is closed.
     pub max_bad_commands: u32,
+    /// Longest line outside literals (imap-next bounds a whole command, literals included, by
+    /// `max_literal` + 64 KiB; this keeps a literal-free line from using that much).
+    pub max_line_length: usize,
 }
 
 impl Default for ImapConfig {
@@ -83,6 +86,7 @@ impl Default for ImapConfig {
             autologout: Duration::from_secs(30 * 60),
             idle_keepalive: Duration::from_secs(120),
             max_bad_commands: 10,
+            max_line_length: 64 << 10,
         }
     }
 }
@@ -409,6 +413,65 @@ fn tag_of(bytes: &[u8]) -> Option<Tag<'static>> {
     Tag::try_from(String::from_utf8(bytes[..end].to_vec()).ok()?).ok()
 }
 
+/// Tracks the input's line lengths outside literals.
+#[derive(Debug, Default)]
+struct LineGuard {
+    line: usize,
+    literal: u64,
+    tail: Vec<u8>,
+}
+
+/// The length of the literal a line announces at its end (`{12}`, `{12+}`, `~{12}`).
+fn announced_literal(tail: &[u8]) -> u64 {
+    let t = tail.strip_suffix(b"\r").unwrap_or(tail);
+    let Some(inner) = t.strip_suffix(b"}") else {
+        return 0;
+    };
+    let Some(open) = inner.iter().rposition(|&c| c == b'{') else {
+        return 0;
+    };
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+impl LineGuard {
+    /// Accounts for `bytes`; `false` once a line outside a literal is longer than `max`.
+    fn feed(&mut self, bytes: &[u8], max: usize) -> bool {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.literal > 0 {
+                let n = usize::try_from(self.literal)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len() - i);
+                self.literal -= n as u64;
+                i += n;
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            if b == b'\n' {
+                self.literal = announced_literal(&self.tail);
+                self.line = 0;
+                self.tail.clear();
+            } else {
+                self.line += 1;
+                if self.line > max {
+                    return false;
+                }
+                if self.tail.len() >= 32 {
+                    self.tail.remove(0);
+                }
+                self.tail.push(b);
+            }
+        }
+        true
+    }
+}
+
 struct Conn {
     shared: Arc<Shared>,
     transport: Transport,
@@ -425,6 +488,7 @@ struct Conn {
     starttls: bool,
     user_slot: Option<String>,
     peer: SocketAddr,
+    lines: LineGuard,
 }
 
 async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: Listener) {
@@ -494,6 +558,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind:
         starttls: false,
         user_slot: None,
         peer,
+        lines: LineGuard::default(),
     };
     tracing::debug!(%peer, "connected");
     if let Err(e) = conn.run().await {
@@ -600,6 +665,18 @@ impl Conn {
                                 return Ok(());
                             }
                             self.transport.quickack();
+                            if !self.lines.feed(&buf[..n], self.shared.cfg.max_line_length) {
+                                tracing::info!(peer = %self.peer, "line too long");
+                                self.enqueue_one(status(
+                                    None,
+                                    StatusKind::Bad,
+                                    None,
+                                    format!("line too long (limit {} bytes outside literals)", self.shared.cfg.max_line_length),
+                                ));
+                                self.server.enqueue_status(bye("line too long"));
+                                self.closing = true;
+                                continue;
+                            }
                             self.server.enqueue_input(&buf[..n]);
                         }
                         r = changes.changed(), if self.idle.is_some() => {
@@ -683,6 +760,7 @@ impl Conn {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         self.transport = Transport::Tls(Box::new(tls));
         self.server = fresh_server(&self.shared.cfg);
+        self.lines = LineGuard::default();
         self.session.set_secure();
         Ok(())
     }

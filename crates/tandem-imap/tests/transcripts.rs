@@ -626,6 +626,23 @@ mod robustness {
     }
 
     #[test]
+    fn a_long_line_is_refused_but_a_long_literal_is_not() {
+        let s = start();
+        let mut c = Client::login(s.addr, "alice", "secret");
+        // A 100 KiB message in a literal is fine (the line limit is 64 KiB outside literals).
+        let mut big = message(1, "big");
+        big.extend(std::iter::repeat_n(b'x', 100 << 10));
+        big.extend_from_slice(b"\r\n");
+        ok(&c.append("INBOX", "", &big));
+        // A 100 KiB command line without a literal is not.
+        let long = format!("t99 SEARCH SUBJECT \"{}\"\r\n", "y".repeat(100 << 10));
+        c.send_raw(long.as_bytes());
+        let l = c.line();
+        assert!(l.starts_with("* BAD") && l.contains("line too long"), "{l}");
+        assert!(c.line().starts_with("* BYE"));
+    }
+
+    #[test]
     fn many_bad_commands_end_the_connection() {
         let s = start();
         let mut c = Client::connect(s.addr);
