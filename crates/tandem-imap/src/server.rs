@@ -111,6 +111,8 @@ struct Shared {
     changes: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     total: AtomicUsize,
+    /// Commands answered NO because of a store failure (SERVERBUG or UNAVAILABLE).
+    errors: std::sync::atomic::AtomicU64,
     /// Password checks in flight: argon2 takes ~19 MiB and tens of milliseconds per check, so a
     /// burst of logins is queued rather than run all at once (memory, and CPU for everyone
     /// else).
@@ -199,6 +201,7 @@ impl Imap {
                 changes,
                 shutdown,
                 total: AtomicUsize::new(0),
+                errors: std::sync::atomic::AtomicU64::new(0),
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 ),
@@ -232,6 +235,12 @@ impl Imap {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.shared.total.load(Ordering::Relaxed)
+    }
+
+    /// Commands answered `NO [SERVERBUG]` or `NO [UNAVAILABLE]` (a store failure: disk full,
+    /// read-only, damage) since start.
+    pub fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, and asks every connection to say BYE and close once its command in
@@ -772,6 +781,21 @@ impl Conn {
                 self.bads = 0;
                 let mut out = Vec::new();
                 let action = self.with_store(|s, st| s.handle(command, st, now(), &mut out));
+                let failures = out
+                    .iter()
+                    .filter(|r| match r {
+                        Response::Status(st) => matches!(
+                            st.code(),
+                            Some(Code::Other(c)) if matches!(c.inner(), b"SERVERBUG" | b"UNAVAILABLE")
+                        ),
+                        _ => false,
+                    })
+                    .count();
+                if failures > 0 {
+                    self.shared
+                        .errors
+                        .fetch_add(failures as u64, Ordering::Relaxed);
+                }
                 enqueue(&mut self.server, out);
                 match action {
                     Action::None => {}

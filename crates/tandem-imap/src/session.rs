@@ -327,7 +327,14 @@ fn section_parts(s: &Option<Section<'_>>) -> (Vec<u32>, SectionKind) {
 }
 
 /// Message data as a literal (bytes unchanged).
-fn literal(b: Vec<u8>) -> NString<'static> {
+/// Message data as a literal. An IMAP4rev1 literal cannot carry NUL, so a NUL byte in a stored
+/// message is sent as 0x80, as Dovecot does (the length, and so RFC822.SIZE, stays the same;
+/// the stored bytes are not changed). Found by `tests/fuzz.rs`: imap-types refuses (and in
+/// debug builds panics on) a literal with NUL.
+fn literal(mut b: Vec<u8>) -> NString<'static> {
+    for c in b.iter_mut().filter(|c| **c == 0) {
+        *c = 0x80;
+    }
     NString(Some(IString::Literal(
         imap_codec::imap_types::core::Literal::unvalidated(b),
     )))

@@ -136,6 +136,12 @@ pub fn prometheus(v: &View) -> String {
         );
     }
     metric(
+        "tandem_imap_errors_total",
+        "counter",
+        "IMAP commands refused because of a store failure (NO [SERVERBUG] or [UNAVAILABLE]).",
+        v.imap.errors().to_string(),
+    );
+    metric(
         "tandem_store_accounts",
         "gauge",
         "Accounts in the store.",
