@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Client, TestServer, message, ok, start, start_with};
+use common::{Client, TestServer, maildir, mbsync, mbsyncrc, message, ok, start, start_with};
 use tandem_imap::ImapConfig;
 
 fn tool(name: &str, package: &str) -> String {
@@ -34,19 +32,6 @@ fn run(cmd: &mut Command) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Files of a maildir folder (cur and new), by name without the flags suffix.
-fn maildir(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for sub in ["cur", "new"] {
-        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-            for e in rd.flatten() {
-                out.insert(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
-}
-
 fn fill(s: &TestServer, n: usize) {
     let mut c = Client::login(s.addr, "alice", "secret");
     for i in 0..n {
@@ -58,34 +43,6 @@ fn fill(s: &TestServer, n: usize) {
     }
     ok(&c.cmd("CREATE Work"));
     ok(&c.append("Work", "\\Flagged", &message(100, "work mail")));
-}
-
-fn mbsyncrc(dir: &Path, port: u16) -> std::path::PathBuf {
-    let mail = dir.join("mail");
-    std::fs::create_dir_all(&mail).expect("mkdir");
-    let rc = dir.join(format!("mbsyncrc-{port}"));
-    std::fs::write(
-        &rc,
-        format!(
-            "IMAPAccount t\nHost 127.0.0.1\nPort {port}\nUser alice\nPass secret\nSSLType None\nAuthMechs LOGIN\n\n\
-             IMAPStore remote\nAccount t\n\n\
-             MaildirStore local\nPath {m}/\nInbox {m}/INBOX\nSubFolders Verbatim\n\n\
-             Channel c\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\n",
-            m = mail.display()
-        ),
-    )
-    .expect("write mbsyncrc");
-    rc
-}
-
-fn mbsync(rc: &Path) -> String {
-    let (out, err) = run(Command::new(tool("mbsync", "isync"))
-        .arg("-c")
-        .arg(rc)
-        .arg("-a"));
-    let all = format!("{out}{err}");
-    assert!(!all.contains("Error"), "mbsync reported an error:\n{all}");
-    all
 }
 
 #[test]

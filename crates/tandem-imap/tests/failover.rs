@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, message, ok};
+use common::{Client, maildir, mbsync, mbsyncrc, message, ok};
 use tandem_imap::{Imap, ImapConfig, Listener};
 use tandem_net::{Identity, Node, NodeConfig, PeerConfig};
 use tandem_store::{Store, StoreConfig};
@@ -110,54 +107,6 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn mbsyncrc(dir: &Path, port: u16) -> std::path::PathBuf {
-    let mail = dir.join("mail");
-    std::fs::create_dir_all(&mail).expect("mkdir");
-    let rc = dir.join("mbsyncrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "IMAPAccount t\nHost 127.0.0.1\nPort {port}\nUser alice\nPass secret\nSSLType None\nAuthMechs LOGIN\n\n\
-             IMAPStore remote\nAccount t\n\n\
-             MaildirStore local\nPath {m}/\nInbox {m}/INBOX\nSubFolders Verbatim\n\n\
-             Channel c\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\n",
-            m = mail.display()
-        ),
-    )
-    .expect("write");
-    rc
-}
-
-fn mbsync(rc: &Path) {
-    let out = Command::new("mbsync")
-        .arg("-c")
-        .arg(rc)
-        .arg("-a")
-        .output()
-        .expect("mbsync is not installed: apt-get install isync");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && !all.contains("Error"),
-        "mbsync failed:\n{all}"
-    );
-}
-
-fn maildir(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for sub in ["cur", "new"] {
-        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-            for e in rd.flatten() {
-                out.insert(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -328,20 +328,24 @@ async fn a_partition_with_writes_on_both_sides_heals() {
     node.shutdown().await;
 }
 
+/// The changes of the node's last write.
+fn last_write(n: &TestNode) -> Vec<tandem_store::ChangeHash> {
+    n.store
+        .lock()
+        .unwrap()
+        .last_write_heads()
+        .iter()
+        .flat_map(|(_, h)| h.clone())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_confirms_the_writes_it_holds() {
     let a = TestNode::start(0).await;
     let b = TestNode::start(1).await;
     // Nobody to confirm yet: waiting times out.
     let _ = a.append(1);
-    let hashes: Vec<_> = a
-        .store
-        .lock()
-        .unwrap()
-        .last_write_heads()
-        .iter()
-        .flat_map(|(_, h)| h.clone())
-        .collect();
+    let hashes = last_write(&a);
     assert!(!hashes.is_empty());
     assert!(
         !a.node
@@ -357,14 +361,7 @@ async fn a_peer_confirms_the_writes_it_holds() {
             .await
     );
     let h = a.append(2);
-    let hashes: Vec<_> = a
-        .store
-        .lock()
-        .unwrap()
-        .last_write_heads()
-        .iter()
-        .flat_map(|(_, h)| h.clone())
-        .collect();
+    let hashes = last_write(&a);
     let t = Instant::now();
     assert!(
         a.node

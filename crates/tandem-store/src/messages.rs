@@ -119,18 +119,34 @@ impl Store {
             let (uv, view) = self.writable(account, mailbox)?;
             (uv, view.max_uid.max(view.floor.saturating_sub(1)))
         };
-        let mut stored = Vec::with_capacity(msgs.len());
+        let mut items = Vec::with_capacity(msgs.len());
         for m in msgs {
+            let uid = next_uid(base, self.cfg.slot)
+                .ok_or_else(|| Error::UidsExhausted(mailbox.0.clone()))?;
+            base = uid;
+            items.push((uid, m));
+        }
+        self.write_new(account, mailbox, uidvalidity, &items, now)
+    }
+
+    /// Stores the bodies and writes one instance per `(uid, message)` in one durable step.
+    fn write_new(
+        &mut self,
+        account: &str,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        items: &[(u32, &NewMessage<'_>)],
+        now: Timestamp,
+    ) -> Result<Vec<AppendOutcome>> {
+        let mut stored = Vec::with_capacity(items.len());
+        for (_, m) in items {
             let (h, meta) = self.blobs.put(m.raw)?;
             stored.push((h, meta.size));
         }
         let modseq = self.hlc.tick(now);
         let mut batch = Batch::default();
-        let mut out = Vec::with_capacity(msgs.len());
-        for (m, (blob, size)) in msgs.iter().zip(stored) {
-            let uid = next_uid(base, self.cfg.slot)
-                .ok_or_else(|| Error::UidsExhausted(mailbox.0.clone()))?;
-            base = uid;
+        let mut out = Vec::with_capacity(items.len());
+        for ((uid, m), (blob, size)) in items.iter().zip(stored) {
             let c = Creation {
                 blob,
                 date: m.internal_date,
@@ -140,7 +156,7 @@ impl Store {
             batch.put(
                 account,
                 &mailbox.0,
-                uid,
+                *uid,
                 "c".into(),
                 ScalarValue::Bytes(c.encode()),
             );
@@ -148,14 +164,14 @@ impl Store {
                 batch.put(
                     account,
                     &mailbox.0,
-                    uid,
+                    *uid,
                     format!("f{f}"),
                     ScalarValue::Int(modseq.0 as i64),
                 );
             }
             out.push(AppendOutcome {
                 uidvalidity,
-                uid,
+                uid: *uid,
                 modseq,
             });
         }
@@ -215,45 +231,8 @@ impl Store {
             self.set_uidvalidity(account, mailbox, uv, now)?;
         }
         let uidvalidity = uidvalidity.unwrap_or(current_uv);
-        let mut stored = Vec::with_capacity(msgs.len());
-        for (_, m) in msgs {
-            let (h, meta) = self.blobs.put(m.raw)?;
-            stored.push((h, meta.size));
-        }
-        let modseq = self.hlc.tick(now);
-        let mut batch = Batch::default();
-        let mut out = Vec::with_capacity(msgs.len());
-        for ((uid, m), (blob, size)) in msgs.iter().zip(stored) {
-            let c = Creation {
-                blob,
-                date: m.internal_date,
-                modseq: modseq.0,
-                size,
-            };
-            batch.put(
-                account,
-                &mailbox.0,
-                *uid,
-                "c".into(),
-                ScalarValue::Bytes(c.encode()),
-            );
-            for f in m.flags.iter().collect::<FlagSet>().iter() {
-                batch.put(
-                    account,
-                    &mailbox.0,
-                    *uid,
-                    format!("f{f}"),
-                    ScalarValue::Int(modseq.0 as i64),
-                );
-            }
-            out.push(AppendOutcome {
-                uidvalidity,
-                uid: *uid,
-                modseq,
-            });
-        }
-        self.apply_batch(batch, now)?;
-        Ok(out)
+        let items: Vec<(u32, &NewMessage<'_>)> = msgs.iter().map(|(u, m)| (*u, m)).collect();
+        self.write_new(account, mailbox, uidvalidity, &items, now)
     }
 
     /// Changes flags of the messages with `uids` (`+FLAGS`, `-FLAGS` or `FLAGS`). With

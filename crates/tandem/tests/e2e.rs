@@ -153,6 +153,18 @@ impl Drop for Node {
     }
 }
 
+/// Each node trusts the other and dials its sync address.
+fn pair(a: &Node, b: &Node) {
+    ok(&tandem(
+        a.path(),
+        &["peer", "add", &b.id(), &format!("127.0.0.1:{}", b.sync)],
+    ));
+    ok(&tandem(
+        b.path(),
+        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
+    ));
+}
+
 /// A tiny IMAP client: one command, lines until the tagged reply.
 fn imap(port: u16, cmds: &[&str]) -> Vec<String> {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("imap connect");
@@ -215,14 +227,7 @@ print(" ".join(map(str, acked)))
 fn two_serve_processes_lmtp_on_a_is_imap_on_b() {
     let mut a = Node::new(0);
     let mut b = Node::new(1);
-    ok(&tandem(
-        a.path(),
-        &["peer", "add", &b.id(), &format!("127.0.0.1:{}", b.sync)],
-    ));
-    ok(&tandem(
-        b.path(),
-        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
-    ));
+    pair(&a, &b);
     a.start();
     b.start();
     let acked = python(DELIVER, &[a.lmtp.to_string(), "1".into(), "5".into()]);
@@ -627,14 +632,7 @@ fn peer_durability_answers_250_only_once_a_peer_holds_the_message() {
         ),
     )
     .expect("cfg");
-    ok(&tandem(
-        a.path(),
-        &["peer", "add", &b.id(), &format!("127.0.0.1:{}", b.sync)],
-    ));
-    ok(&tandem(
-        b.path(),
-        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
-    ));
+    pair(&a, &b);
     a.start();
     b.start();
     let count = |port: u16, n: u32| {
@@ -720,14 +718,7 @@ fn drill_sigkill_during_lmtp_storms_loses_and_duplicates_nothing() {
     let mut seed = env("TANDEM_DRILL_SEED", 0x5eed);
     let mut a = Node::new(0);
     let mut b = Node::new(1);
-    ok(&tandem(
-        a.path(),
-        &["peer", "add", &b.id(), &format!("127.0.0.1:{}", b.sync)],
-    ));
-    ok(&tandem(
-        b.path(),
-        &["peer", "add", &a.id(), &format!("127.0.0.1:{}", a.sync)],
-    ));
+    pair(&a, &b);
     a.start();
     b.start();
     let mut acked: Vec<u64> = Vec::new();

@@ -217,3 +217,56 @@ pub fn message(i: usize, subject: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Files of a maildir folder (cur and new), by name.
+pub fn maildir(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for sub in ["cur", "new"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            for e in rd.flatten() {
+                out.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// An mbsync configuration syncing every mailbox of alice on 127.0.0.1:`port` into
+/// `dir/mail` (sync state kept in the maildir, so pointing it at another port keeps it).
+pub fn mbsyncrc(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let mail = dir.join("mail");
+    std::fs::create_dir_all(&mail).expect("mkdir");
+    let rc = dir.join(format!("mbsyncrc-{port}"));
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount t\nHost 127.0.0.1\nPort {port}\nUser alice\nPass secret\nSSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore remote\nAccount t\n\n\
+             MaildirStore local\nPath {m}/\nInbox {m}/INBOX\nSubFolders Verbatim\n\n\
+             Channel c\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\n",
+            m = mail.display()
+        ),
+    )
+    .expect("write mbsyncrc");
+    rc
+}
+
+/// Runs mbsync on `rc`; fails the test on an error. Returns what it printed.
+pub fn mbsync(rc: &std::path::Path) -> String {
+    let out = std::process::Command::new("mbsync")
+        .arg("-c")
+        .arg(rc)
+        .arg("-a")
+        .output()
+        .expect("mbsync is not installed: apt-get install isync");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !all.contains("Error"),
+        "mbsync failed:\n{all}"
+    );
+    all
+}
