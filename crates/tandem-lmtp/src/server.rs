@@ -56,6 +56,10 @@ impl std::fmt::Debug for Durability {
     }
 }
 
+/// Copies stored here awaiting a peer's confirmation: (account, body) -> (changes, since).
+type AwaitingPeer =
+    std::collections::HashMap<(String, BlobHash), (Vec<ChangeHash>, std::time::Instant)>;
+
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct LmtpConfig {
@@ -92,7 +96,9 @@ struct Shared {
     /// Peer durability: copies stored here whose peer confirmation is still awaited, by
     /// (account, body), with the changes to wait for. A retried delivery of the same message
     /// waits on these instead of storing it again.
-    awaiting_peer: Mutex<std::collections::HashMap<(String, BlobHash), Vec<ChangeHash>>>,
+    /// Entries older than a day are dropped (a sender retries for days at most; the copy
+    /// stored here stays either way).
+    awaiting_peer: Mutex<AwaitingPeer>,
 }
 
 /// An LMTP server over a shared store. Cheap to clone.
@@ -215,7 +221,7 @@ fn deliver(shared: &Shared, d: &Delivery) -> Vec<Result<Vec<ChangeHash>, Deliver
         if peer_mode {
             let waiting = lock(&shared.awaiting_peer)
                 .get(&(r.account.clone(), blob))
-                .cloned();
+                .map(|(h, _)| h.clone());
             if let Some(hashes) = waiting {
                 // A retry of a message already stored here: wait for the same confirmation.
                 out.push(Ok(hashes));
@@ -247,7 +253,12 @@ fn deliver(shared: &Shared, d: &Delivery) -> Vec<Result<Vec<ChangeHash>, Deliver
             Ok(a) => {
                 tracing::info!(to = %r.address, account = %r.account, uid = a.uid, size = d.message.len(), "stored");
                 if peer_mode {
-                    lock(&shared.awaiting_peer).insert((r.account.clone(), blob), hashes.clone());
+                    let mut w = lock(&shared.awaiting_peer);
+                    let t = std::time::Instant::now();
+                    if w.len() >= 10_000 {
+                        w.retain(|_, (_, at)| t.duration_since(*at) < Duration::from_secs(86_400));
+                    }
+                    w.insert((r.account.clone(), blob), (hashes.clone(), t));
                 }
                 Ok(hashes)
             }
