@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::session::{Action, ConnInfo, Session, status};
+use crate::session::{Action, ConnInfo, Session, bye, status};
 use crate::users::Users;
 
 /// When plaintext (unencrypted) LOGIN and AUTHENTICATE are allowed.
@@ -371,8 +371,7 @@ fn options(cfg: &ImapConfig) -> Options {
 /// encrypted stream without a greeting, and without any plaintext the client sent after the
 /// STARTTLS command (which an attacker could have injected).
 fn fresh_server(cfg: &ImapConfig) -> Server {
-    let greeting = Greeting::ok(None, "-")
-        .unwrap_or_else(|_| Greeting::ok(None, "ok").unwrap_or_else(|_| unreachable_greeting()));
+    let greeting = Greeting::ok(None, "-").unwrap_or_else(|_| unreachable_greeting());
     let mut s = Server::new(options(cfg), greeting);
     for _ in 0..4 {
         match s.next() {
@@ -405,15 +404,6 @@ fn enqueue(server: &mut Server, out: Vec<Response<'static>>) {
             }
         }
     }
-}
-
-fn bye(msg: &str) -> Status<'static> {
-    Status::bye(None, msg.to_owned()).unwrap_or_else(|_| {
-        Status::Bye(imap_codec::imap_types::response::Bye {
-            code: None,
-            text: imap_codec::imap_types::core::Text::unvalidated("bye"),
-        })
-    })
 }
 
 /// The tag of a command that could not be decoded, if the bytes start with one.

@@ -18,8 +18,8 @@ use imap_codec::imap_types::{
     status::{StatusDataItem, StatusDataItemName},
 };
 use tandem_store::{
-    Error as StoreError, Flag, FlagOp, MailboxId, MessageInfo, MessageMeta, Modseq, SpecialUse,
-    Store, Timestamp,
+    Error as StoreError, Flag, FlagOp, MailboxId, MessageInfo, MessageMeta, Modseq, Store,
+    Timestamp,
 };
 
 use crate::convert::{
@@ -174,6 +174,16 @@ pub(crate) fn status(
             text: Text::unvalidated("-"),
         })
     }))
+}
+
+/// An untagged BYE.
+pub(crate) fn bye(msg: &str) -> Status<'static> {
+    Status::bye(None, text(msg)).unwrap_or_else(|_| {
+        Status::Bye(imap_codec::imap_types::response::Bye {
+            code: None,
+            text: Text::unvalidated("bye"),
+        })
+    })
 }
 
 fn ok(tag: &Tag<'static>, msg: impl Into<String>) -> Response<'static> {
@@ -497,14 +507,7 @@ impl Session {
             Ok(s) => s,
             Err(_) => {
                 // Deleted under us (here or on a peer): there is no sane view left.
-                out.push(Response::Status(
-                    Status::bye(None, text("selected mailbox was deleted")).unwrap_or_else(|_| {
-                        Status::Bye(imap_codec::imap_types::response::Bye {
-                            code: None,
-                            text: Text::unvalidated("bye"),
-                        })
-                    }),
-                ));
+                out.push(Response::Status(bye("selected mailbox was deleted")));
                 self.selected = None;
                 return;
             }
@@ -621,14 +624,7 @@ impl Session {
                 Action::None
             }
             CommandBody::Logout => {
-                out.push(Response::Status(
-                    Status::bye(None, text("Tandem logging out")).unwrap_or_else(|_| {
-                        Status::Bye(imap_codec::imap_types::response::Bye {
-                            code: None,
-                            text: Text::unvalidated("bye"),
-                        })
-                    }),
-                ));
+                out.push(Response::Status(bye("Tandem logging out")));
                 out.push(ok(tag, "LOGOUT completed"));
                 self.selected = None;
                 return (Action::Logout, false);
@@ -777,13 +773,6 @@ impl Session {
                         Err(e) => out.push(store_error(tag, &e)),
                     }
                 }
-                Action::None
-            }
-            CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox }
-                if self.account.is_none() =>
-            {
-                let _ = mailbox;
-                out.push(bad(tag, "log in first"));
                 Action::None
             }
             CommandBody::Subscribe { mailbox } => {
@@ -987,7 +976,7 @@ impl Session {
         now: Timestamp,
         out: &mut Out,
     ) {
-        let Some(account) = self.account.clone() else {
+        let Some(account) = self.need_auth(tag, out) else {
             return;
         };
         match store.set_subscribed(&account, &mailbox_name(mailbox), on, now) {
@@ -1212,7 +1201,6 @@ impl Session {
             if let Some(role) = m.role {
                 items.extend(attr(role.as_str()));
             }
-            let _ = SpecialUse::Sent;
             out.push(data(Data::List {
                 items,
                 delimiter: delim,

@@ -75,8 +75,14 @@ async fn start_box(slot: u8) -> Box_ {
     }
 }
 
-fn pair(rt: &tokio::runtime::Runtime) -> (Box_, Box_) {
-    rt.block_on(async {
+/// A runtime and two paired boxes on it.
+fn pair() -> (tokio::runtime::Runtime, Box_, Box_) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let (a, b) = rt.block_on(async {
         let a = start_box(0).await;
         let b = start_box(1).await;
         a.node.add_peer(PeerConfig {
@@ -88,7 +94,8 @@ fn pair(rt: &tokio::runtime::Runtime) -> (Box_, Box_) {
             addrs: vec![a.node.local_addr().expect("addr")],
         });
         (a, b)
-    })
+    });
+    (rt, a, b)
 }
 
 fn count(store: &Arc<Mutex<Store>>, mailbox: &str) -> usize {
@@ -111,12 +118,7 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn mbsync_fails_over_between_nodes_without_redownloading() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
-    let (a, b) = pair(&rt);
+    let (rt, a, b) = pair();
     let mut ca = Client::login(a.imap_addr, "alice", "secret");
     for i in 0..10 {
         ok(&ca.append(
@@ -171,12 +173,7 @@ fn mbsync_fails_over_between_nodes_without_redownloading() {
 
 #[test]
 fn idle_on_one_node_sees_mail_appended_on_the_other() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
-    let (a, b) = pair(&rt);
+    let (rt, a, b) = pair();
     let mut ca = Client::login(a.imap_addr, "alice", "secret");
     let mut cb = Client::login(b.imap_addr, "alice", "secret");
     ok(&ca.append("INBOX", "", &message(1, "first")));

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -603,7 +603,6 @@ fn the_demo_runs_on_its_default_ports() {
         .status();
     let st = child.wait().expect("wait");
     assert!(st.success(), "{st}");
-    let _: PathBuf = data.path().to_owned();
 }
 
 const ONE: &str = r#"
