@@ -503,8 +503,9 @@ impl Session {
         let (Some(account), Some(sel)) = (self.account.as_deref(), self.selected.as_mut()) else {
             return;
         };
-        let st = match store.status(account, &sel.id) {
-            Ok(s) => s,
+        // After every command: the cheap counters, not a full STATUS (which counts unseen).
+        let (exists, highest) = match store.counters(account, &sel.id) {
+            Ok(c) => c,
             Err(_) => {
                 // Deleted under us (here or on a peer): there is no sane view left.
                 out.push(Response::Status(bye("selected mailbox was deleted")));
@@ -512,8 +513,8 @@ impl Session {
                 return;
             }
         };
-        if st.highest_modseq.0 == sel.highest_modseq
-            && st.exists as usize == sel.uids.len()
+        if highest.0 == sel.highest_modseq
+            && exists as usize == sel.uids.len()
             && !sel.expunge_pending
         {
             return;
@@ -590,7 +591,7 @@ impl Session {
             out.push(data(Data::Exists(sel.uids.len() as u32)));
         }
         sel.own.clear();
-        sel.highest_modseq = st.highest_modseq.0;
+        sel.highest_modseq = highest.0;
     }
 
     fn need_auth(&self, tag: &Tag<'static>, out: &mut Out) -> Option<String> {

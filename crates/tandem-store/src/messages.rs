@@ -513,6 +513,14 @@ impl Store {
         })
     }
 
+    /// EXISTS and HIGHESTMODSEQ only: what a session checks after every command to see
+    /// whether anything changed. Unlike [`Store::status`] it does not count unseen messages,
+    /// so it costs nothing per message.
+    pub fn counters(&self, account: &str, mailbox: &MailboxId) -> Result<(u32, Modseq)> {
+        let v = self.view(account, mailbox)?;
+        Ok((v.by_uid.len() as u32, Modseq(v.highest_modseq.max(1))))
+    }
+
     /// UIDs of the messages in the mailbox, ascending (message sequence number = index + 1).
     pub fn uids(&self, account: &str, mailbox: &MailboxId) -> Result<Vec<u32>> {
         Ok(self
