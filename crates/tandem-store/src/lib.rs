@@ -59,7 +59,7 @@ mod store;
 mod view;
 
 pub use automerge::ChangeHash;
-pub use blob::BlobHash;
+pub use blob::{BlobHash, BlobStats};
 pub use clock::{Modseq, Timestamp};
 pub use codec::CodecError;
 pub use doc::MAX_NODES;

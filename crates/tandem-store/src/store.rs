@@ -309,6 +309,12 @@ impl Store {
         Ok(())
     }
 
+    /// Bodies, pack files and damaged records found in the blob store (see
+    /// [`BlobStats`](crate::BlobStats)).
+    pub fn blob_stats(&self) -> crate::BlobStats {
+        self.blobs.stats()
+    }
+
     /// Why the last automatic compaction failed, if it did (it is retried on later writes).
     pub fn last_compaction_error(&self) -> Option<&str> {
         self.compaction_error.as_deref()
