@@ -41,6 +41,9 @@ pub const DEFAULT_CONFIG: &str = r#"# Tandem configuration. Every key is optiona
 [sync]
 # QUIC (UDP) address for peer-to-peer sync.
 # listen = "0.0.0.0:22000"
+# Longest wait between attempts to reach a peer that is down (starts at 0.2 s, doubles): after a
+# network split this bounds how long healing can take to start.
+# reconnect_max_secs = 30
 # Peers can also be added with `tandem peer add`, which writes peers.toml in the data directory.
 # [[sync.peers]]
 # id = "XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX"
@@ -126,6 +129,9 @@ pub struct SyncSection {
     pub listen: String,
     /// Configured peers.
     pub peers: Vec<PeerEntry>,
+    /// Longest wait between attempts to reach a peer that is down (the wait starts at 0.2 s
+    /// and doubles).
+    pub reconnect_max_secs: u64,
 }
 
 /// One peer.
@@ -199,6 +205,7 @@ impl Default for SyncSection {
         SyncSection {
             listen: "0.0.0.0:22000".into(),
             peers: Vec::new(),
+            reconnect_max_secs: 30,
         }
     }
 }
@@ -280,6 +287,9 @@ impl Config {
         }
         for (i, l) in self.lmtp.listen.iter().enumerate() {
             addr(&format!("lmtp.listen[{i}]"), l)?;
+        }
+        if self.sync.reconnect_max_secs == 0 || self.sync.reconnect_max_secs > 3600 {
+            return err("sync.reconnect_max_secs: must be between 1 and 3600".into());
         }
         if self.lmtp.peer_timeout_secs == 0 || self.lmtp.peer_timeout_secs > 3600 {
             return err("lmtp.peer_timeout_secs: must be between 1 and 3600".into());
@@ -372,6 +382,7 @@ mod tests {
         assert!(e("slot = 99").contains("slot"));
         assert!(e("[lmtp]\ndurability = \"sometimes\"").contains("lmtp.durability"));
         assert!(e("[lmtp]\npeer_timeout_secs = 0").contains("lmtp.peer_timeout_secs"));
+        assert!(e("[sync]\nreconnect_max_secs = 0").contains("sync.reconnect_max_secs"));
         assert!(e("[imap]\nplaintext = \"maybe\"").contains("imap.plaintext"));
         assert!(e("[imap]\nlisten = [\"nowhere\"]").contains("imap.listen[0]"));
         assert!(e("[imap]\ntls_cert = \"/x\"").contains("imap.tls_key"));

@@ -235,6 +235,7 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
         NodeConfig {
             listen: sync_listen,
             peers,
+            backoff_max: Duration::from_secs(cfg.sync.reconnect_max_secs),
             ..NodeConfig::default()
         },
     )
