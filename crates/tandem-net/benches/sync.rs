@@ -10,10 +10,13 @@
 //!   `doveadm` is installed, `doveadm sync` of the same messages between two Dovecot maildirs;
 //! - replication lag: append on A until visible in B's store, p50 and p99;
 //! - heal: after a partition in which each side took 100 new messages and 1,000 flag changes,
-//!   time until both stores hold the same state.
+//!   time until both stores hold the same state; and the same workload for `doveadm sync`
+//!   between two maildirs (appends as new files, flag changes as maildir renames).
 //!
-//! `SYNC_N=N` changes the initial-sync size; `SYNC_NODURABLE=1` runs the receiver without fsync
-//! (to see what durability costs).
+//! `SYNC_N=N` changes the initial-sync size; `SYNC_ONLY_INITIAL=1` stops after the initial sync
+//! (and its dsync comparison, unless `SYNC_NO_DSYNC=1`); `SYNC_LAG_FILE=path` writes every lag
+//! sample (ms, one per line); `SYNC_NODURABLE=1` runs the receiver without fsync (to see what
+//! durability costs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -181,41 +184,48 @@ async fn initial_sync(n: u64) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// `doveadm sync` of the same messages from one maildir into an empty one, if Dovecot is here.
-fn dsync(n: u64, tandem_secs: Option<f64>) {
+fn have_doveadm() -> bool {
     if Command::new("doveadm").arg("-V").output().is_err() {
         eprintln!(
             "doveadm not installed: skipping the Dovecot comparison (apt-get install dovecot-core)"
         );
-        return;
+        return false;
     }
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
+    true
+}
+
+/// A Dovecot configuration whose mail is the maildir `src`, in `d`. Dovecot will not touch
+/// mail as root, so the mail side runs as `nobody` (see [`chown`]).
+fn dovecot_conf(d: &Path, src: &Path) -> std::path::PathBuf {
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(src.join(sub)).unwrap();
     }
-    for i in 0..n {
-        std::fs::write(src.join("cur").join(format!("{i}.bench:2,")), message(i)).unwrap();
-    }
-    std::fs::create_dir_all(d.path().join("run")).unwrap();
-    std::fs::create_dir_all(d.path().join("state")).unwrap();
-    // Dovecot will not touch mail as root: run the mail side as `nobody`.
-    let conf = d.path().join("dovecot.conf");
+    std::fs::create_dir_all(d.join("run")).unwrap();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    let conf = d.join("dovecot.conf");
     std::fs::write(
         &conf,
         format!(
             "mail_location = maildir:{src}\nbase_dir = {run}\nstate_dir = {state}\nlog_path = /dev/stderr\nssl = no\nprotocols =\nmail_uid = nobody\nmail_gid = nogroup\n",
             src = src.display(),
-            run = d.path().join("run").display(),
-            state = d.path().join("state").display(),
+            run = d.join("run").display(),
+            state = d.join("state").display(),
         ),
     )
     .unwrap();
+    conf
+}
+
+fn chown(d: &Path) {
     let _ = Command::new("chown")
         .args(["-R", "nobody:nogroup"])
-        .arg(d.path())
+        .arg(d)
         .status();
-    let dst = d.path().join("dst");
+}
+
+/// Times one `doveadm sync` (two-way) between the configured maildir and `dst`.
+fn doveadm_sync(d: &Path, conf: &Path, dst: &Path) -> Option<f64> {
+    chown(d);
     let start = Instant::now();
     let out = Command::new("doveadm")
         .args([
@@ -225,7 +235,7 @@ fn dsync(n: u64, tandem_secs: Option<f64>) {
             &format!("maildir:{}", dst.display()),
         ])
         .env("USER", "nobody")
-        .env("HOME", d.path())
+        .env("HOME", d)
         .output()
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
@@ -234,25 +244,106 @@ fn dsync(n: u64, tandem_secs: Option<f64>) {
             "doveadm sync failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        return None;
+    }
+    Some(secs)
+}
+
+/// Message files in a maildir (cur and new).
+fn maildir_files(m: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = ["cur", "new"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(m.join(s)).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `doveadm sync` of the same messages from one maildir into an empty one, if Dovecot is here.
+fn dsync(n: u64, tandem_secs: Option<f64>) {
+    if !have_doveadm() {
         return;
     }
-    let copied = ["cur", "new"]
-        .iter()
-        .map(|s| {
-            std::fs::read_dir(dst.join(s))
-                .map(|r| r.count())
-                .unwrap_or(0)
-        })
-        .sum::<usize>();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let conf = dovecot_conf(d.path(), &src);
+    for i in 0..n {
+        std::fs::write(src.join("cur").join(format!("{i}.bench:2,")), message(i)).unwrap();
+    }
+    let dst = d.path().join("dst");
+    let Some(secs) = doveadm_sync(d.path(), &conf, &dst) else {
+        return;
+    };
     emit("initial_sync_dovecot_dsync", "time", secs, "s");
     emit(
         "initial_sync_dovecot_dsync",
         "messages",
-        copied as f64,
+        maildir_files(&dst).len() as f64,
         "count",
     );
     if let Some(t) = tandem_secs {
         emit("initial_sync", "tandem_over_dsync", t / secs, "ratio");
+    }
+}
+
+/// The heal workload for dsync: two maildirs synced with `base` messages, then on each side
+/// `appends` new messages and `flag_changes` flag changes (maildir renames), then one timed
+/// `doveadm sync`.
+fn dsync_heal(base: u64, appends: u64, flag_changes: u64, tandem_secs: Option<f64>) {
+    if !have_doveadm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let conf = dovecot_conf(d.path(), &src);
+    for i in 0..base {
+        std::fs::write(src.join("cur").join(format!("{i}.bench:2,")), message(i)).unwrap();
+    }
+    let dst = d.path().join("dst");
+    if doveadm_sync(d.path(), &conf, &dst).is_none() {
+        return;
+    }
+    for (k, m) in [(0u64, &src), (1, &dst)] {
+        for i in 0..appends {
+            let id = 2_000_000 + k * 10_000 + i;
+            std::fs::write(m.join("new").join(format!("{id}.heal{k}")), message(id)).unwrap();
+        }
+        // Dovecot leaves what it synced in new/: a flag change moves a file to cur/ with the
+        // flag letters after ":2,", as a mail client would.
+        let mut files = maildir_files(m);
+        for i in 0..flag_changes as usize {
+            let letter = ['S', 'F'][i % 2];
+            let at = (i * 7 + k as usize) % files.len();
+            let old = files[at].clone();
+            let name = old.file_name().unwrap().to_string_lossy().into_owned();
+            let (stem, flags) = name.split_once(":2,").unwrap_or((&name, ""));
+            if flags.contains(letter) {
+                continue;
+            }
+            let mut f: Vec<char> = flags.chars().chain([letter]).collect();
+            f.sort_unstable();
+            let new = m
+                .join("cur")
+                .join(format!("{stem}:2,{}", f.into_iter().collect::<String>()));
+            std::fs::rename(&old, &new).unwrap();
+            files[at] = new;
+        }
+    }
+    let Some(secs) = doveadm_sync(d.path(), &conf, &dst) else {
+        return;
+    };
+    let (a, b) = (maildir_files(&src).len(), maildir_files(&dst).len());
+    assert_eq!(a, b, "dsync left the two maildirs with different counts");
+    emit("partition_heal_dovecot_dsync", "time", secs, "s");
+    emit(
+        "partition_heal_dovecot_dsync",
+        "messages_after",
+        a as f64,
+        "count",
+    );
+    if let Some(t) = tandem_secs {
+        emit("partition_heal", "tandem_over_dsync", t / secs, "ratio");
     }
 }
 
@@ -296,6 +387,10 @@ async fn lag(samples: usize) {
         }
         lat.push(start.elapsed().as_secs_f64() * 1000.0);
     }
+    if let Ok(path) = std::env::var("SYNC_LAG_FILE") {
+        let text: String = lat.iter().map(|l| format!("{l:.3}\n")).collect();
+        std::fs::write(path, text).unwrap();
+    }
     lat.sort_by(|x, y| x.total_cmp(y));
     emit("replication_lag", "p50", lat[samples / 2], "ms");
     emit("replication_lag", "p99", lat[samples * 99 / 100], "ms");
@@ -313,7 +408,7 @@ fn state(s: &Arc<Mutex<Store>>) -> Vec<tandem_store::ChangeHash> {
         .collect()
 }
 
-async fn heal(base: u64, appends: u64, flag_changes: u64) {
+async fn heal(base: u64, appends: u64, flag_changes: u64) -> f64 {
     let d = tempfile::tempdir().unwrap();
     let (a, sa, b, sb, ib) = pair(d.path()).await;
     append_many(&sa, 0..base);
@@ -386,6 +481,7 @@ async fn heal(base: u64, appends: u64, flag_changes: u64) {
     );
     a.shutdown().await;
     b2.shutdown().await;
+    secs
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -411,10 +507,14 @@ async fn main() {
             .unwrap_or(10_000)
     };
     let t = initial_sync(n).await;
+    if std::env::var("SYNC_NO_DSYNC").is_err() {
+        dsync(n, t);
+    }
     if std::env::var("SYNC_ONLY_INITIAL").is_ok() {
         return;
     }
-    dsync(n, t);
     lag(if quick { 50 } else { 1000 }).await;
-    heal(if quick { 200 } else { 1000 }, 100, 1000).await;
+    let base = if quick { 200 } else { 1000 };
+    let t = heal(base, 100, 1000).await;
+    dsync_heal(base, 100, 1000, Some(t));
 }

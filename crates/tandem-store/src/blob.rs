@@ -105,6 +105,8 @@ struct Active {
     len: u64,
     /// Everything below this is on disk (fdatasync returned).
     synced: u64,
+    /// What this pack holds, for its index file once it is full.
+    records: Vec<(BlobHash, Loc)>,
 }
 
 #[derive(Debug)]
@@ -219,7 +221,10 @@ impl BlobStore {
             dir,
         };
         for (i, &no) in numbers.iter().enumerate() {
-            bs.scan(no, i + 1 == numbers.len())?;
+            if !bs.load_index(no)? {
+                let records = bs.scan(no, i + 1 == numbers.len())?;
+                bs.write_index(no, &records);
+            }
         }
         bs.migrate_files()?;
         Ok(bs)
@@ -229,9 +234,90 @@ impl BlobStore {
         self.dir.join(pack_name(no))
     }
 
-    /// Indexes the records of pack `no`; with `verify`, checks every body against its hash and
-    /// marks the ones that fail dead.
-    fn scan(&self, no: u32, verify: bool) -> Result<()> {
+    fn index_path(&self, no: u32) -> PathBuf {
+        self.dir.join(format!("{}.idx", pack_name(no)))
+    }
+
+    /// Loads pack `no`'s index file if it describes the pack as it is (same length); returns
+    /// whether it did. A missing, damaged or stale index is not an error: the pack is scanned.
+    fn load_index(&self, no: u32) -> Result<bool> {
+        let path = self.pack_path(no);
+        let Ok(bytes) = fs::read(self.index_path(no)) else {
+            return Ok(false);
+        };
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let Some(entries) = Self::decode_index(&bytes, no, len) else {
+            return Ok(false);
+        };
+        write(&self.packs).insert(no, Arc::new(file));
+        let mut index = write(&self.index);
+        for (h, loc) in entries {
+            index.insert(h, loc);
+        }
+        Ok(true)
+    }
+
+    /// `TDI1`, pack length u64, count u32, count × (hash, offset u64, meta_len u32, raw_len
+    /// u64), CRC-32 of everything before it.
+    fn decode_index(bytes: &[u8], no: u32, pack_len: u64) -> Option<Vec<(BlobHash, Loc)>> {
+        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32(body).to_le_bytes() != crc {
+            return None;
+        }
+        let mut r = Reader::new(body, "pack index");
+        if r.take(4).ok()? != b"TDI1" || r.u64().ok()? != pack_len {
+            return None;
+        }
+        let n = r.count(52).ok()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(r.take(32).ok()?);
+            let loc = Loc {
+                pack: no,
+                off: r.u64().ok()?,
+                meta_len: r.u32().ok()?,
+                raw_len: r.u64().ok()?,
+            };
+            if loc.end() > pack_len {
+                return None;
+            }
+            out.push((BlobHash(hash), loc));
+        }
+        Some(out)
+    }
+
+    /// Writes the index of a pack that will not grow again, so the next open reads it instead
+    /// of every record header. Best effort: without it, opening scans the pack.
+    fn write_index(&self, no: u32, records: &[(BlobHash, Loc)]) {
+        let Ok(len) = fs::metadata(self.pack_path(no)).map(|m| m.len()) else {
+            return;
+        };
+        let mut w = Writer::new();
+        w.raw(b"TDI1");
+        w.u64(len);
+        w.u32(records.len() as u32);
+        for (h, loc) in records {
+            w.raw(&h.0);
+            w.u64(loc.off);
+            w.u32(loc.meta_len);
+            w.u64(loc.raw_len);
+        }
+        let mut bytes = w.finish();
+        let crc = crc32(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let tmp = self.dir.join(format!("{}.idx.tmp", pack_name(no)));
+        if fs::write(&tmp, &bytes).is_ok() {
+            let _ = fs::rename(&tmp, self.index_path(no));
+        } else {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
+    /// Indexes the records of pack `no` and returns them; with `verify`, checks every body
+    /// against its hash and marks the ones that fail dead.
+    fn scan(&self, no: u32, verify: bool) -> Result<Vec<(BlobHash, Loc)>> {
         let path = self.pack_path(no);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
@@ -243,6 +329,7 @@ impl BlobStore {
         }
         let file = Arc::new(file);
         write(&self.packs).insert(no, file.clone());
+        let mut records = Vec::new();
         let mut pos = 4.min(len);
         while pos < len {
             let Some(h) = Self::header_at(&file, no, pos, len) else {
@@ -265,8 +352,9 @@ impl BlobStore {
                 continue;
             }
             write(&self.index).insert(h.hash, h.loc);
+            records.push((h.hash, h.loc));
         }
-        Ok(())
+        Ok(records)
     }
 
     /// The record header at `pos`, if it is one: magic, sane lengths inside the file, CRC.
@@ -339,9 +427,11 @@ impl BlobStore {
         file.read_exact_at(&mut raw, loc.raw_at()).is_ok() && BlobHash::of(&raw) == *h
     }
 
-    /// Overwrites a damaged record's magic with the dead one, so no later open indexes it.
-    /// Best effort: the record is useless either way.
+    /// Overwrites a damaged record's magic with the dead one, so no later open indexes it, and
+    /// drops the pack's index file, which still lists it. Best effort: the record is useless
+    /// either way.
     fn mark_dead(&self, loc: &Loc) {
+        let _ = fs::remove_file(self.index_path(loc.pack));
         if let Ok(f) = fs::OpenOptions::new()
             .write(true)
             .open(self.pack_path(loc.pack))
@@ -510,13 +600,15 @@ impl BlobStore {
         let mut w = lock(&self.write);
         if w.active.as_ref().is_some_and(|a| a.len >= PACK_TARGET) {
             // Full: flush it now, so that commit only ever has one pack to flush.
-            if let Some(a) = w.active.take()
-                && self.sync
-                && a.synced < a.len
-                && let Err(e) = a.file.sync_data()
-            {
-                write(&self.index).retain(|_, l| !(l.pack == a.no && l.off >= a.synced));
-                return Err(Error::io(self.pack_path(a.no), e));
+            if let Some(a) = w.active.take() {
+                if self.sync
+                    && a.synced < a.len
+                    && let Err(e) = a.file.sync_data()
+                {
+                    write(&self.index).retain(|_, l| !(l.pack == a.no && l.off >= a.synced));
+                    return Err(Error::io(self.pack_path(a.no), e));
+                }
+                self.write_index(a.no, &a.records);
             }
         }
         if w.active.is_none() {
@@ -541,6 +633,7 @@ impl BlobStore {
                 file,
                 len: 4,
                 synced: 0,
+                records: Vec::new(),
             });
         }
         let Some(a) = w.active.as_mut() else {
@@ -563,6 +656,7 @@ impl BlobStore {
             raw_len,
         };
         a.len = loc.end();
+        a.records.push((*h, loc));
         write(&self.index).insert(*h, loc);
         Ok(())
     }
@@ -661,6 +755,19 @@ impl BlobStore {
     pub(crate) fn body_location(&self, h: &BlobHash) -> Option<(PathBuf, u64, u64)> {
         let loc = read(&self.index).get(h).copied()?;
         Some((self.pack_path(loc.pack), loc.raw_at(), loc.raw_len))
+    }
+}
+
+impl Drop for BlobStore {
+    /// A clean close flushes the active pack and writes its index file, so the next open
+    /// neither scans nor verifies it.
+    fn drop(&mut self) {
+        let mut w = lock(&self.write);
+        if let Some(a) = w.active.take()
+            && (!self.sync || a.synced == a.len || a.file.sync_data().is_ok())
+        {
+            self.write_index(a.no, &a.records);
+        }
     }
 }
 
@@ -795,6 +902,8 @@ mod tests {
             let (_, at3, _) = bs.body_location(&h3).unwrap();
             let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
             f.set_len(at3 - 5).unwrap();
+            // A crash: no clean close, so no index file for this pack.
+            std::mem::forget(bs);
         }
         let bs = BlobStore::open(dir.clone(), true).unwrap();
         assert_eq!(bs.raw(&h1).unwrap(), b"Subject: 1\r\n\r\none\r\n");
@@ -816,6 +925,41 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_pack_gets_an_index_file_and_a_stale_one_is_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("blobs");
+        let bodies: Vec<Vec<u8>> = (0..20)
+            .map(|i| format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes())
+            .collect();
+        let hs: Vec<BlobHash> = {
+            let bs = BlobStore::open(dir.clone(), true).unwrap();
+            bodies.iter().map(|b| bs.put(b).unwrap().0).collect()
+        };
+        assert!(dir.join("pack-00000001.idx").is_file());
+        {
+            let bs = BlobStore::open(dir.clone(), true).unwrap();
+            for (h, b) in hs.iter().zip(&bodies) {
+                assert_eq!(&bs.raw(h).unwrap(), b);
+            }
+        }
+        // The pack grew behind the index's back: the index is stale and the pack is scanned.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("pack-00000001"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"junk").unwrap();
+        let bs = BlobStore::open(dir.clone(), true).unwrap();
+        for (h, b) in hs.iter().zip(&bodies) {
+            assert_eq!(&bs.raw(h).unwrap(), b);
+        }
+        // A damaged index file is ignored too.
+        drop(bs);
+        edit(&dir.join("pack-00000001.idx"), |b| b[10] ^= 0xff);
+        let bs = BlobStore::open(dir, true).unwrap();
+        assert_eq!(bs.stats().bodies, 20);
+    }
+
+    #[test]
     fn a_damaged_header_is_skipped_and_the_records_after_it_are_found() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("blobs");
@@ -831,8 +975,10 @@ mod tests {
             }
             bs.commit_staged().unwrap();
             let (p, at, _) = bs.body_location(&hs[1]).unwrap();
-            // Garbage over the start of record 1's metadata breaks its CRC.
+            // Garbage over the start of record 1's metadata breaks its CRC; then a crash (no
+            // index file), so opening scans the pack.
             edit(&p, |b| b[at as usize - 10..at as usize].fill(0xAB));
+            std::mem::forget(bs);
         }
         let bs = BlobStore::open(dir, true).unwrap();
         assert!(!bs.contains(&hs[1]));
