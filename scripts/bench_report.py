@@ -188,6 +188,10 @@ def main():
     docs = os.path.dirname(out_path)
     q = ["--", "--quick"] if quick else []
     started = datetime.datetime.now(datetime.timezone.utc)
+    # The commit as built: taken before anything runs.
+    commit = sh("git rev-parse --short HEAD")
+    if sh("git status --porcelain --untracked-files=no"):
+        commit += " (with uncommitted changes)"
 
     store = run(["cargo", "bench", "-q", "--locked", "-p", "tandem-store", "--bench", "store"] + q)
     lag_file = tempfile.NamedTemporaryFile(delete=False).name
@@ -211,9 +215,6 @@ def main():
         pass
     os.unlink(lag_file)
 
-    commit = sh("git rev-parse --short HEAD")
-    if sh("git status --porcelain --untracked-files=no"):
-        commit += " (with uncommitted changes)"
     rustc = sh("rustc --version")
     dovecot = sh("dovecot --version") or "not installed"
 
