@@ -130,6 +130,8 @@ fn session_cfg() -> SessionConfig {
     SessionConfig {
         resync_interval_ms: 500,
         max_blobs_in_flight: 8,
+        // Small, so answers are cut short and the Later path runs under every fault too.
+        max_blob_bytes_per_answer: 100,
         ..SessionConfig::default()
     }
 }

@@ -14,7 +14,7 @@ use tandem_store::{BlobHash, ChangeHash};
 
 /// Protocol version spoken by this build. A peer with another version is refused with a
 /// [`Frame::Close`] naming both.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame accepted (type + payload), in bytes. A message body is sent in one frame, so
 /// this also bounds the largest body a node can receive.
@@ -56,6 +56,13 @@ pub enum Frame {
     /// Answer to WantBlobs for bodies the sender does not have: ask another peer.
     Missing {
         /// Hashes of the bodies the sender lacks.
+        hashes: Vec<BlobHash>,
+    },
+    /// Answer to WantBlobs for bodies the sender has but will not send in this answer, which
+    /// already carries as many body bytes as it allows: ask again later. Added in protocol
+    /// version 3.
+    Later {
+        /// Hashes of the bodies to ask for again.
         hashes: Vec<BlobHash>,
     },
     /// Changes the sender received from the receiver and has now applied durably, with every
@@ -194,6 +201,7 @@ impl Frame {
             Frame::Close { .. } => 6,
             Frame::Missing { .. } => 7,
             Frame::Applied { .. } => 8,
+            Frame::Later { .. } => 9,
         }
     }
 
@@ -226,7 +234,7 @@ impl Frame {
                     }
                 }
             }
-            Frame::WantBlobs { hashes } | Frame::Missing { hashes } => {
+            Frame::WantBlobs { hashes } | Frame::Missing { hashes } | Frame::Later { hashes } => {
                 w.u32(hashes.len());
                 for h in hashes {
                     w.hash(&h.0);
@@ -357,6 +365,9 @@ impl Frame {
                     .map(|b| ChangeHash(b.0))
                     .collect(),
             },
+            9 => Frame::Later {
+                hashes: blob_list(p, "Later")?,
+            },
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(frame)
@@ -410,6 +421,9 @@ mod tests {
             },
             Frame::Applied {
                 hashes: vec![ChangeHash([5; 32])],
+            },
+            Frame::Later {
+                hashes: vec![BlobHash([6; 32])],
             },
         ]
     }

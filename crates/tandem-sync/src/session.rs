@@ -15,6 +15,11 @@ pub struct SessionConfig {
     /// At most this many bodies are requested from one peer at a time (back-pressure: a
     /// first sync of 100,000 messages does not queue 100,000 bodies at once).
     pub max_blobs_in_flight: usize,
+    /// One answer to WantBlobs carries bodies up to about this many bytes (at least one body);
+    /// the rest are answered with Later and asked for again as these arrive. With
+    /// `max_blobs_in_flight` this bounds the body bytes queued for one peer however large the
+    /// messages are.
+    pub max_blob_bytes_per_answer: usize,
     /// At most this many change bytes go in one Changes frame; more are split.
     pub max_changes_per_frame: usize,
     /// Changes whose message bodies have not arrived are held back this long (milliseconds)
@@ -27,6 +32,7 @@ impl Default for SessionConfig {
         SessionConfig {
             resync_interval_ms: 5_000,
             max_blobs_in_flight: 64,
+            max_blob_bytes_per_answer: 16 << 20,
             max_changes_per_frame: 8 << 20,
             hold_for_bodies_ms: 30_000,
         }
@@ -278,10 +284,17 @@ impl Session {
                 // A peer asks for at most max_blobs_in_flight at a time; more is not answered
                 // (it asks again), so one frame cannot make us load every body we have.
                 let mut missing = Vec::new();
+                let mut later = Vec::new();
+                let mut bytes = 0usize;
                 for h in hashes.into_iter().take(self.cfg.max_blobs_in_flight.max(1)) {
+                    if bytes > 0 && bytes >= self.cfg.max_blob_bytes_per_answer {
+                        later.push(h);
+                        continue;
+                    }
                     match store.message_bytes(&h) {
                         Ok(data) if data.len() + 64 <= crate::frame::MAX_FRAME => {
                             self.stats.blobs_out += 1;
+                            bytes += data.len();
                             self.out.push_back(Frame::Blob { hash: h, data });
                         }
                         // Never had it, lost it, a damaged copy, or too large for a frame:
@@ -292,6 +305,19 @@ impl Session {
                 if !missing.is_empty() {
                     self.out.push_back(Frame::Missing { hashes: missing });
                 }
+                if !later.is_empty() {
+                    self.out.push_back(Frame::Later { hashes: later });
+                }
+            }
+            (Phase::Ready, Frame::Later { hashes }) => {
+                // Not requested any more; ask again at once for what is not in flight. The
+                // bodies this answer did carry are still requested (on their own streams they
+                // can arrive after this frame), so they are not asked for twice: each round
+                // trip moves one budget's worth.
+                for h in hashes {
+                    self.blobs_requested.remove(&h);
+                }
+                self.request_blobs(store, now);
             }
             (Phase::Ready, Frame::Missing { hashes }) => {
                 for h in hashes {
@@ -550,6 +576,7 @@ fn name(f: &Frame) -> &'static str {
         Frame::Changes { .. } => "Changes",
         Frame::WantBlobs { .. } => "WantBlobs",
         Frame::Blob { .. } => "Blob",
+        Frame::Later { .. } => "Later",
         Frame::Close { .. } => "Close",
         Frame::Missing { .. } => "Missing",
         Frame::Applied { .. } => "Applied",

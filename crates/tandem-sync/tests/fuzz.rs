@@ -55,6 +55,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         prop::collection::vec(hash().prop_map(BlobHash), 0..4)
             .prop_map(|hashes| Frame::Missing { hashes }),
+        prop::collection::vec(hash().prop_map(BlobHash), 0..4)
+            .prop_map(|hashes| Frame::Later { hashes }),
         prop::collection::vec(hash().prop_map(ChangeHash), 0..4)
             .prop_map(|hashes| Frame::Applied { hashes }),
         (any::<u16>(), "[ -~]{0,20}").prop_map(|(code, reason)| Frame::Close { code, reason }),

@@ -107,6 +107,59 @@ fn first_sync_brings_documents_and_bodies() {
 }
 
 #[test]
+fn large_bodies_are_answered_within_a_byte_budget() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = store(&d.path().join("a"), 0);
+    let mut b = store(&d.path().join("b"), 1);
+    let budget = 1 << 20;
+    let cfg = SessionConfig {
+        max_blob_bytes_per_answer: budget,
+        ..SessionConfig::default()
+    };
+    let ib = a.mailbox_id("alice", "INBOX").unwrap();
+    let body = 300_000;
+    for i in 0..20 {
+        let raw = format!("Subject: {i}\r\n\r\n{}\r\n", "z".repeat(body)).into_bytes();
+        a.append("alice", &ib, &raw, &[], 0, Timestamp(1_800_000_000_000))
+            .unwrap();
+    }
+    let (mut sa, mut sb) = (Session::new(&a, cfg.clone()), Session::new(&b, cfg));
+    let now = Timestamp(1_800_000_001_000);
+    // As pump(), measuring the body bytes A queues in one go (one answer per round here).
+    let mut most = 0;
+    let mut laters = 0;
+    loop {
+        let mut moved = false;
+        let mut blob_bytes = 0;
+        while let Some(f) = sa.poll_frame() {
+            match &f {
+                Frame::Blob { data, .. } => blob_bytes += data.len(),
+                Frame::Later { .. } => laters += 1,
+                _ => {}
+            }
+            sb.handle_frame(&mut b, f, now);
+            moved = true;
+        }
+        most = most.max(blob_bytes);
+        while let Some(f) = sb.poll_frame() {
+            sa.handle_frame(&mut a, f, now);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(view(&b).len(), 20, "every message arrived, without a timer");
+    assert_eq!(view(&a), view(&b));
+    assert!(laters > 0, "the budget was used");
+    assert!(
+        most <= budget + body + 100,
+        "one answer held {most} body bytes, budget {budget}"
+    );
+    assert_eq!(sb.stats().blobs_in, 20, "no body was sent twice");
+}
+
+#[test]
 fn a_local_write_is_pushed_without_waiting_for_a_timer() {
     let mut p = pair();
     let now = Timestamp(1_800_000_001_000);
