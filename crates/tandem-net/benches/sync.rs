@@ -13,7 +13,7 @@
 //!   time until both stores hold the same state; and the same workload for `doveadm sync`
 //!   between two maildirs (appends as new files, flag changes as maildir renames).
 //!
-//! `SYNC_N=N` changes the initial-sync size; `SYNC_ONLY_INITIAL=1` stops after the initial sync
+//! `SYNC_N=N` changes the initial-sync size; `SYNC_MSG_KB=K` the message size (default 4); `SYNC_ONLY_INITIAL=1` stops after the initial sync
 //! (and its dsync comparison, unless `SYNC_NO_DSYNC=1`); `SYNC_LAG_FILE=path` writes every lag
 //! sample (ms, one per line); `SYNC_NODURABLE=1` runs the receiver without fsync (to see what
 //! durability costs).
@@ -48,7 +48,11 @@ fn message(i: u64) -> Vec<u8> {
         "From: Sender {i} <s{i}@example.org>\r\nTo: alice@example.org\r\nSubject: sync benchmark {i}\r\nDate: Fri, 4 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{i}@sync.bench>\r\n\r\n"
     )
     .into_bytes();
-    while m.len() < 4096 {
+    let size = std::env::var("SYNC_MSG_KB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(4096, |kb| kb * 1024);
+    while m.len() < size {
         m.extend_from_slice(
             b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do.\r\n",
         );

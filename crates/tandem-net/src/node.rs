@@ -661,7 +661,7 @@ async fn flush(
     let mut bodies: Vec<u8> = Vec::new();
     while let Some(frame) = session.poll_frame() {
         let bytes = frame.encode();
-        if matches!(frame, Frame::Blob { .. }) {
+        if matches!(frame, Frame::Blob { .. } | Frame::BlobPart { .. }) {
             bodies.extend_from_slice(&bytes);
             if bodies.len() >= BODY_STREAM_BYTES {
                 send_bodies(conn, std::mem::take(&mut bodies)).await?;
@@ -719,7 +719,7 @@ async fn read_bodies(mut r: RecvStream, tx: tokio::sync::mpsc::Sender<Result<Fra
         }
         loop {
             match Frame::decode(&buf) {
-                Ok(Some((frame @ Frame::Blob { .. }, used))) => {
+                Ok(Some((frame @ (Frame::Blob { .. } | Frame::BlobPart { .. }), used))) => {
                     buf.drain(..used);
                     if tx.send(Ok(frame)).await.is_err() {
                         return;
@@ -727,7 +727,9 @@ async fn read_bodies(mut r: RecvStream, tx: tokio::sync::mpsc::Sender<Result<Fra
                 }
                 Ok(Some(_)) => {
                     let _ = tx
-                        .send(Err("a body stream may carry only Blob frames".into()))
+                        .send(Err(
+                            "a body stream may carry only Blob and BlobPart frames".into()
+                        ))
                         .await;
                     return;
                 }

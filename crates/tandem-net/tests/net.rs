@@ -136,6 +136,32 @@ async fn two_nodes_converge_over_quic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_crosses_in_parts_over_quic() {
+    let a = TestNode::start(0).await;
+    let b = TestNode::start(1).await;
+    a.trust(&b, true);
+    b.trust(&a, true);
+    // 5 MB with 1 MiB parts (the default): six BlobPart frames on the body streams.
+    let raw = format!(
+        "Subject: attachment\r\n\r\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n".repeat(80_000)
+    )
+    .into_bytes();
+    let h = BlobHash::of(&raw);
+    {
+        let mut s = a.store.lock().unwrap();
+        let ib = s.mailbox_id("alice", "INBOX").unwrap();
+        s.append("alice", &ib, &raw, &[], 0, now()).unwrap();
+    }
+    a.node.notify_local_change();
+    eventually("B shows the large message", || b.has(&h)).await;
+    assert_eq!(b.store.lock().unwrap().message_bytes(&h).unwrap(), raw);
+    assert_eq!(b.store.lock().unwrap().partial_blob_len(&h), 0);
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_relays_through_the_middle_node() {
     let a = TestNode::start(0).await;
     let b = TestNode::start(1).await;

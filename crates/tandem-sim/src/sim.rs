@@ -132,6 +132,8 @@ fn session_cfg() -> SessionConfig {
         max_blobs_in_flight: 8,
         // Small, so answers are cut short and the Later path runs under every fault too.
         max_blob_bytes_per_answer: 100,
+        // Tiny, so every body travels in parts (and parts meet every fault).
+        part_bytes: 24,
         ..SessionConfig::default()
     }
 }

@@ -154,6 +154,8 @@ const HDR: u64 = 4 + 32 + 4 + 8 + 4;
 const PACK_TARGET: u64 = 64 << 20;
 /// Metadata longer than this is not believed (real metadata is a few hundred bytes).
 const MAX_META: u32 = 16 << 20;
+/// Reads of a body for [`BlobStore::check`] go this many bytes at a time.
+const PART_READ: u64 = 1 << 20;
 /// Entries in the metadata cache (a few hundred bytes each).
 const META_CACHE_ENTRIES: usize = 50_000;
 
@@ -747,6 +749,124 @@ impl BlobStore {
         if BlobHash::of(&raw) != *h {
             return Err(self.damaged_record(h, &loc, "content does not match its hash"));
         }
+        Ok(raw)
+    }
+
+    /// The size of body `h`, if this store has it.
+    pub(crate) fn size(&self, h: &BlobHash) -> Option<u64> {
+        read(&self.index).get(h).map(|l| l.raw_len)
+    }
+
+    /// Checks body `h` against its hash, reading it a MiB at a time (a large body is never
+    /// held whole). A damaged body is handled as [`BlobStore::raw`] handles it.
+    pub(crate) fn check(&self, h: &BlobHash) -> Result<()> {
+        let (loc, file) = self.locate(h)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; PART_READ.min(loc.raw_len) as usize];
+        let mut at = 0u64;
+        while at < loc.raw_len {
+            let n = (loc.raw_len - at).min(PART_READ) as usize;
+            if let Err(e) = file.read_exact_at(&mut buf[..n], loc.raw_at() + at) {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    return Err(self.damaged_record(h, &loc, "record cut short (truncated?)"));
+                }
+                return Err(Error::io(self.pack_path(loc.pack), e));
+            }
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        if BlobHash(hasher.finalize().into()) != *h {
+            return Err(self.damaged_record(h, &loc, "content does not match its hash"));
+        }
+        Ok(())
+    }
+
+    /// Bytes `offset..offset + len` of body `h` (cut at its end), unverified: the receiver
+    /// checks the whole body against its hash once every part is there.
+    pub(crate) fn range(&self, h: &BlobHash, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let (loc, file) = self.locate(h)?;
+        if offset > loc.raw_len {
+            return Err(Error::InvalidPart(format!(
+                "offset {offset} beyond the end of a {} byte body",
+                loc.raw_len
+            )));
+        }
+        let n = len.min(loc.raw_len - offset) as usize;
+        let mut buf = vec![0u8; n];
+        if let Err(e) = file.read_exact_at(&mut buf, loc.raw_at() + offset) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(self.damaged_record(h, &loc, "record cut short (truncated?)"));
+            }
+            return Err(Error::io(self.pack_path(loc.pack), e));
+        }
+        Ok(buf)
+    }
+
+    fn partial_path(&self, h: &BlobHash) -> PathBuf {
+        self.dir.join("partial").join(h.to_hex())
+    }
+
+    /// How many bytes of body `h` a partial transfer has stored (0 if none).
+    pub(crate) fn partial_len(&self, h: &BlobHash) -> u64 {
+        fs::metadata(self.partial_path(h)).map_or(0, |m| m.len())
+    }
+
+    /// Stores `data` at `offset` of body `h` (of `total` bytes) in its partial file, which
+    /// outlives connections and restarts so a cut transfer resumes where it stopped. A part
+    /// that does not start where the file ends is ignored. Returns the bytes held afterwards
+    /// and whether this part was stored; once that is `total`, [`BlobStore::take_partial`]
+    /// hands the body over.
+    pub(crate) fn put_part(
+        &self,
+        h: &BlobHash,
+        total: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(u64, bool)> {
+        if offset.saturating_add(data.len() as u64) > total || (data.is_empty() && offset < total) {
+            return Err(Error::InvalidPart(format!(
+                "{} bytes at {offset} of a {total} byte body",
+                data.len()
+            )));
+        }
+        let path = self.partial_path(h);
+        let have = self.partial_len(h);
+        if offset != have {
+            return Ok((have, false));
+        }
+        if have == 0 {
+            let dir = self.dir.join("partial");
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let res = (|| -> std::io::Result<()> {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)?;
+            f.write_all_at(data, offset)?;
+            // Durable part by part (one flush per MiB): after a crash the file holds what it
+            // says it holds, so the transfer resumes rather than failing its hash at the end.
+            if self.sync {
+                f.sync_data()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            if let Ok(f) = fs::OpenOptions::new().write(true).open(&path) {
+                let _ = f.set_len(have);
+            }
+            return Err(Error::io(&path, e));
+        }
+        Ok((have + data.len() as u64, true))
+    }
+
+    /// The whole body of a finished partial transfer, after removing its file. The caller
+    /// checks it against its hash (and stores it); a body that fails starts over.
+    pub(crate) fn take_partial(&self, h: &BlobHash) -> Result<Vec<u8>> {
+        let path = self.partial_path(h);
+        let raw = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let _ = fs::remove_file(&path);
         Ok(raw)
     }
 

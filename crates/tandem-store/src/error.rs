@@ -102,6 +102,9 @@ pub enum Error {
     /// An import with kept UIDs cannot be done as asked.
     #[error("import refused: {0}")]
     InvalidImport(String),
+    /// A part of a body from a peer does not fit the body it claims to belong to.
+    #[error("invalid body part: {0}")]
+    InvalidPart(String),
 }
 
 impl Error {

@@ -65,6 +65,7 @@ pub use codec::CodecError;
 pub use doc::MAX_NODES;
 pub use error::{Error, Result};
 pub use flags::{Flag, FlagOp, FlagSet};
+pub use merge::PartProgress;
 pub use messages::NewMessage;
 pub use meta::{Address, Envelope, MessageMeta, MimePart};
 pub use name::{DELIMITER, MailboxName};

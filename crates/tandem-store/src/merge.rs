@@ -23,6 +23,25 @@ use crate::view::Instance;
 /// property test with three nodes).
 const LIFT_GAP: u32 = 4096;
 
+/// What [`Store::put_blob_part`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartProgress {
+    /// The part was stored; the body's stored bytes now end at `next`, where the next part
+    /// starts.
+    Stored {
+        /// Where the next part starts.
+        next: u64,
+    },
+    /// The part did not start where the stored bytes end (a duplicate, or one from before a
+    /// cut), so it was not stored; they end at `next`.
+    Ignored {
+        /// Where the next part starts.
+        next: u64,
+    },
+    /// The body is stored (now, or it already was).
+    Complete,
+}
+
 /// Where the next lift of a mailbox goes within one batch of merged changes.
 pub(crate) struct LiftBase {
     /// Every UID allocated so far is at most this.
@@ -231,6 +250,64 @@ impl Store {
     /// Whether this store has blob `h`.
     pub fn has_blob(&self, h: &BlobHash) -> bool {
         self.blobs.contains(h)
+    }
+
+    /// The size in bytes of blob `h`, if this store has it.
+    pub fn blob_size(&self, h: &BlobHash) -> Option<u64> {
+        self.blobs.size(h)
+    }
+
+    /// Checks blob `h` against its hash without holding it whole (a MiB at a time): what a
+    /// node does before sending a large body in parts, which the peer can check only at the
+    /// end. A damaged blob is reported as [`Error::Corrupt`] and counts as missing afterwards.
+    pub fn check_blob(&self, h: &BlobHash) -> Result<()> {
+        self.blobs.check(h)
+    }
+
+    /// Bytes `offset..offset + len` of blob `h` (cut at its end), not verified: see
+    /// [`Store::check_blob`].
+    pub fn blob_range(&self, h: &BlobHash, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.blobs.range(h, offset, len)
+    }
+
+    /// How many bytes of blob `h` an unfinished transfer in parts has stored (0 if none). The
+    /// bytes survive restarts, so a transfer resumes from here.
+    pub fn partial_blob_len(&self, h: &BlobHash) -> u64 {
+        self.blobs.partial_len(h)
+    }
+
+    /// Stores a part of blob `h` received from a peer: `data` at `offset` of a `total`-byte
+    /// body. A part not starting where the stored bytes end is ignored. When the last part
+    /// arrives the whole body is checked against `h` and stored as [`Store::put_blob`] does
+    /// (instances waiting for it are shown); if it does not match, the parts are discarded and
+    /// [`Error::BlobHashMismatch`] returned. A part that does not fit (past `total`, or a
+    /// `total` above `max_message_size`) is [`Error::InvalidPart`].
+    pub fn put_blob_part(
+        &mut self,
+        h: &BlobHash,
+        total: u64,
+        offset: u64,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<PartProgress> {
+        if self.blobs.contains(h) {
+            return Ok(PartProgress::Complete);
+        }
+        if total > self.cfg.max_message_size {
+            return Err(Error::InvalidPart(format!(
+                "a {total} byte body is above max_message_size"
+            )));
+        }
+        let (have, stored) = self.blobs.put_part(h, total, offset, data)?;
+        if !stored {
+            return Ok(PartProgress::Ignored { next: have });
+        }
+        if have < total {
+            return Ok(PartProgress::Stored { next: have });
+        }
+        let raw = self.blobs.take_partial(h)?;
+        self.put_blob(h, &raw, now)?;
+        Ok(PartProgress::Complete)
     }
 
     /// Stores a blob received from a peer, after checking it against `h`, and shows the

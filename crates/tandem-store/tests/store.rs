@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use tandem_store::{
-    Error, Flag, FlagOp, MailboxId, Modseq, NewMessage, SpecialUse, Store, StoreConfig, Timestamp,
+    Error, Flag, FlagOp, MailboxId, Modseq, NewMessage, PartProgress, SpecialUse, Store,
+    StoreConfig, Timestamp,
 };
 
 const T0: i64 = 1_800_000_000_000;
@@ -715,6 +716,72 @@ fn a_message_is_not_shown_before_its_body_arrives() {
     b.put_blob(&missing[0], &raw, now(5)).unwrap();
     assert_eq!(b.uids("alice", &ib).unwrap(), vec![m.uid]);
     assert!(b.missing_blobs().is_empty());
+}
+
+#[test]
+fn a_body_in_parts_is_shown_once_whole_and_its_parts_survive_a_restart() {
+    let (d, mut a, mut b) = pair();
+    let ib = inbox(&a);
+    let raw = format!("Subject: big\r\n\r\n{}\r\n", "q".repeat(10_000)).into_bytes();
+    let m = a.append("alice", &ib, &raw, &[], 0, now(2)).unwrap();
+    for (key, _) in a.manifest() {
+        let ch = a.changes_for(&key, &b.heads(&key)).unwrap();
+        b.apply_changes(&key, ch, now(3)).unwrap();
+    }
+    let h = b.missing_blobs()[0];
+    let total = a.blob_size(&h).unwrap();
+    a.check_blob(&h).unwrap();
+    let part = |a: &Store, at: u64| a.blob_range(&h, at, 4096).unwrap();
+    assert_eq!(
+        b.put_blob_part(&h, total, 0, &part(&a, 0), now(4)).unwrap(),
+        PartProgress::Stored { next: 4096 }
+    );
+    // A duplicate is ignored; a part past the end is refused.
+    assert_eq!(
+        b.put_blob_part(&h, total, 0, &part(&a, 0), now(4)).unwrap(),
+        PartProgress::Ignored { next: 4096 }
+    );
+    assert!(matches!(
+        b.put_blob_part(&h, total, total - 1, b"xx", now(4)),
+        Err(Error::InvalidPart(_))
+    ));
+    assert!(
+        b.uids("alice", &ib).unwrap().is_empty(),
+        "not shown while partial"
+    );
+    // A restart keeps what arrived.
+    drop(b);
+    let mut b = open(&d.path().join("b"), 1);
+    assert_eq!(b.partial_blob_len(&h), 4096);
+    let mut at = 4096;
+    while at < total {
+        let p = part(&a, at);
+        at += p.len() as u64;
+        b.put_blob_part(&h, total, at - p.len() as u64, &p, now(5))
+            .unwrap();
+    }
+    assert_eq!(b.uids("alice", &ib).unwrap(), vec![m.uid]);
+    assert_eq!(b.message_bytes(&h).unwrap(), raw);
+    assert_eq!(b.partial_blob_len(&h), 0);
+
+    // Parts that do not add up to the hash are discarded, and the body is asked for anew.
+    a.append("alice", &ib, b"Subject: two\r\n\r\nxyz\r\n", &[], 0, now(6))
+        .unwrap();
+    for (key, _) in a.manifest() {
+        let ch = a.changes_for(&key, &b.heads(&key)).unwrap();
+        b.apply_changes(&key, ch, now(7)).unwrap();
+    }
+    let h2 = b.missing_blobs()[0];
+    assert!(matches!(
+        b.put_blob_part(&h2, 5, 0, b"wrong", now(8)),
+        Err(Error::BlobHashMismatch { .. })
+    ));
+    assert_eq!(b.partial_blob_len(&h2), 0);
+    // A body above max_message_size is refused before anything is stored.
+    assert!(matches!(
+        b.put_blob_part(&h2, u64::MAX, 0, b"x", now(8)),
+        Err(Error::InvalidPart(_))
+    ));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use tandem_store::{BlobHash, ChangeHash};
 
 /// Protocol version spoken by this build. A peer with another version is refused with a
 /// [`Frame::Close`] naming both.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame accepted (type + payload), in bytes. A message body is sent in one frame, so
 /// this also bounds the largest body a node can receive.
@@ -64,6 +64,27 @@ pub enum Frame {
     Later {
         /// Hashes of the bodies to ask for again.
         hashes: Vec<BlobHash>,
+    },
+    /// Asks for the part of a body that starts at `offset` (resuming a transfer in parts).
+    /// Added in protocol version 4.
+    WantPart {
+        /// The body.
+        hash: BlobHash,
+        /// Where the part starts.
+        offset: u64,
+    },
+    /// A part of a body too large for one Blob frame: `data` is bytes `offset..` of the
+    /// `total`-byte body. The receiver checks the whole against `hash` once it has every part.
+    /// Added in protocol version 4.
+    BlobPart {
+        /// SHA-256 of the whole body.
+        hash: BlobHash,
+        /// The body's size.
+        total: u64,
+        /// Where `data` starts in the body.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
     },
     /// Changes the sender received from the receiver and has now applied durably, with every
     /// message body they refer to: the receiver may count them as held by two nodes (LMTP
@@ -123,6 +144,9 @@ impl W {
     fn u32(&mut self, v: usize) {
         self.0.extend_from_slice(&(v as u32).to_le_bytes());
     }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
     fn bytes(&mut self, v: &[u8]) {
         self.u32(v.len());
         self.0.extend_from_slice(v);
@@ -159,6 +183,12 @@ impl<'a> R<'a> {
     fn u32(&mut self) -> Result<usize, FrameError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
     }
     /// A count of items of at least `min` bytes each, checked against what is left.
     fn count(&mut self, min: usize) -> Result<usize, FrameError> {
@@ -202,6 +232,8 @@ impl Frame {
             Frame::Missing { .. } => 7,
             Frame::Applied { .. } => 8,
             Frame::Later { .. } => 9,
+            Frame::WantPart { .. } => 10,
+            Frame::BlobPart { .. } => 11,
         }
     }
 
@@ -242,6 +274,21 @@ impl Frame {
             }
             Frame::Blob { hash, data } => {
                 w.hash(&hash.0);
+                w.bytes(data);
+            }
+            Frame::WantPart { hash, offset } => {
+                w.hash(&hash.0);
+                w.u64(*offset);
+            }
+            Frame::BlobPart {
+                hash,
+                total,
+                offset,
+                data,
+            } => {
+                w.hash(&hash.0);
+                w.u64(*total);
+                w.u64(*offset);
                 w.bytes(data);
             }
             Frame::Applied { hashes } => {
@@ -368,6 +415,33 @@ impl Frame {
             9 => Frame::Later {
                 hashes: blob_list(p, "Later")?,
             },
+            10 => {
+                let mut r = R {
+                    buf: p,
+                    what: "WantPart",
+                };
+                let hash = BlobHash(r.hash()?);
+                let offset = r.u64()?;
+                r.end()?;
+                Frame::WantPart { hash, offset }
+            }
+            11 => {
+                let mut r = R {
+                    buf: p,
+                    what: "BlobPart",
+                };
+                let hash = BlobHash(r.hash()?);
+                let total = r.u64()?;
+                let offset = r.u64()?;
+                let data = r.bytes()?.to_vec();
+                r.end()?;
+                Frame::BlobPart {
+                    hash,
+                    total,
+                    offset,
+                    data,
+                }
+            }
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(frame)
@@ -424,6 +498,16 @@ mod tests {
             },
             Frame::Later {
                 hashes: vec![BlobHash([6; 32])],
+            },
+            Frame::WantPart {
+                hash: BlobHash([7; 32]),
+                offset: 1 << 40,
+            },
+            Frame::BlobPart {
+                hash: BlobHash([8; 32]),
+                total: 10,
+                offset: 4,
+                data: b"body!!".to_vec(),
             },
         ]
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use tandem_store::{BlobHash, ChangeHash, Error as StoreError, Store, Timestamp};
+use tandem_store::{BlobHash, ChangeHash, Error as StoreError, PartProgress, Store, Timestamp};
 
 use crate::frame::{CloseCode, Frame, PROTOCOL_VERSION};
 
@@ -20,6 +20,10 @@ pub struct SessionConfig {
     /// `max_blobs_in_flight` this bounds the body bytes queued for one peer however large the
     /// messages are.
     pub max_blob_bytes_per_answer: usize,
+    /// Bodies larger than this travel as BlobPart frames of this many bytes, one part in
+    /// flight per body, so neither side holds a large body in a frame, and a cut transfer
+    /// resumes where it stopped.
+    pub part_bytes: usize,
     /// At most this many change bytes go in one Changes frame; more are split.
     pub max_changes_per_frame: usize,
     /// Changes whose message bodies have not arrived are held back this long (milliseconds)
@@ -33,6 +37,7 @@ impl Default for SessionConfig {
             resync_interval_ms: 5_000,
             max_blobs_in_flight: 64,
             max_blob_bytes_per_answer: 16 << 20,
+            part_bytes: 1 << 20,
             max_changes_per_frame: 8 << 20,
             hold_for_bodies_ms: 30_000,
         }
@@ -291,6 +296,28 @@ impl Session {
                         later.push(h);
                         continue;
                     }
+                    let part = self.cfg.part_bytes.max(1) as u64;
+                    if let Some(total) = store.blob_size(&h).filter(|&n| n > part) {
+                        // Large: checked whole here (a MiB at a time), since the peer can check
+                        // it only once every part is there; then the first part.
+                        match store
+                            .check_blob(&h)
+                            .and_then(|()| store.blob_range(&h, 0, part))
+                        {
+                            Ok(data) => {
+                                self.stats.blobs_out += 1;
+                                bytes += data.len();
+                                self.out.push_back(Frame::BlobPart {
+                                    hash: h,
+                                    total,
+                                    offset: 0,
+                                    data,
+                                });
+                            }
+                            Err(_) => missing.push(h),
+                        }
+                        continue;
+                    }
                     match store.message_bytes(&h) {
                         Ok(data) if data.len() + 64 <= crate::frame::MAX_FRAME => {
                             self.stats.blobs_out += 1;
@@ -307,6 +334,69 @@ impl Session {
                 }
                 if !later.is_empty() {
                     self.out.push_back(Frame::Later { hashes: later });
+                }
+            }
+            (Phase::Ready, Frame::WantPart { hash, offset }) => {
+                let part = self.cfg.part_bytes.max(1) as u64;
+                let answer = store
+                    .blob_size(&hash)
+                    .filter(|&total| offset < total)
+                    .and_then(|total| {
+                        store
+                            .blob_range(&hash, offset, part)
+                            .ok()
+                            .map(|data| (total, data))
+                    });
+                match answer {
+                    Some((total, data)) => self.out.push_back(Frame::BlobPart {
+                        hash,
+                        total,
+                        offset,
+                        data,
+                    }),
+                    None => self.out.push_back(Frame::Missing { hashes: vec![hash] }),
+                }
+            }
+            (
+                Phase::Ready,
+                Frame::BlobPart {
+                    hash,
+                    total,
+                    offset,
+                    data,
+                },
+            ) => {
+                if !self.blobs_requested.contains_key(&hash) && store.has_blob(&hash) {
+                    return; // a duplicate
+                }
+                match store.put_blob_part(&hash, total, offset, &data, now) {
+                    Ok(PartProgress::Complete) => {
+                        self.blobs_requested.remove(&hash);
+                        self.body_arrived(store, &hash, now);
+                    }
+                    Ok(PartProgress::Stored { next }) => {
+                        // One part in flight per body: ask for the next as this one lands.
+                        self.blobs_requested.insert(hash, now);
+                        for h in self.held.iter_mut() {
+                            if h.needs.contains(&hash) {
+                                h.since = now;
+                            }
+                        }
+                        self.out.push_back(Frame::WantPart { hash, offset: next });
+                    }
+                    // A duplicate, or a part from before a cut: the request in flight (or the
+                    // stale-request timer) carries on from where the stored bytes end.
+                    Ok(PartProgress::Ignored { .. }) => {}
+                    Err(StoreError::BlobHashMismatch { expected }) => {
+                        self.close(
+                            CloseCode::BadData,
+                            format!("body does not match its hash {expected}"),
+                        );
+                    }
+                    Err(StoreError::InvalidPart(why)) => {
+                        self.close(CloseCode::BadData, format!("body part: {why}"));
+                    }
+                    Err(e) => self.fail_store(e),
                 }
             }
             (Phase::Ready, Frame::Later { hashes }) => {
@@ -331,16 +421,7 @@ impl Session {
                     return; // a duplicate
                 }
                 match store.put_blob(&hash, &data, now) {
-                    Ok(()) => {
-                        self.stats.blobs_in += 1;
-                        for h in self.held.iter_mut() {
-                            if h.needs.remove(&hash) {
-                                h.since = now; // progress: the hold runs from the last body
-                            }
-                        }
-                        self.release_held(store, now, false);
-                        self.request_blobs(store, now);
-                    }
+                    Ok(()) => self.body_arrived(store, &hash, now),
                     Err(StoreError::BlobHashMismatch { expected }) => {
                         self.close(
                             CloseCode::BadData,
@@ -476,6 +557,18 @@ impl Session {
         }
     }
 
+    /// A body is stored: batches waiting for it may go, and more bodies can be asked for.
+    fn body_arrived(&mut self, store: &mut Store, hash: &BlobHash, now: Timestamp) {
+        self.stats.blobs_in += 1;
+        for h in self.held.iter_mut() {
+            if h.needs.remove(hash) {
+                h.since = now; // progress: the hold runs from the last body
+            }
+        }
+        self.release_held(store, now, false);
+        self.request_blobs(store, now);
+    }
+
     /// Asks the peer for bodies this store is waiting for (those of held changes first, in
     /// order), a bounded number at a time.
     fn request_blobs(&mut self, store: &Store, now: Timestamp) {
@@ -509,7 +602,17 @@ impl Session {
             return;
         }
         self.blobs_requested.extend(want.iter().map(|h| (*h, now)));
-        self.out.push_back(Frame::WantBlobs { hashes: want });
+        // A body whose transfer in parts was cut resumes where its stored bytes end.
+        let (resume, fresh): (Vec<BlobHash>, Vec<BlobHash>) = want
+            .into_iter()
+            .partition(|h| store.partial_blob_len(h) > 0);
+        for hash in resume {
+            let offset = store.partial_blob_len(&hash);
+            self.out.push_back(Frame::WantPart { hash, offset });
+        }
+        if !fresh.is_empty() {
+            self.out.push_back(Frame::WantBlobs { hashes: fresh });
+        }
     }
 
     fn queue_changes(&mut self, docs: Vec<(String, Vec<Vec<u8>>)>) {
@@ -577,6 +680,8 @@ fn name(f: &Frame) -> &'static str {
         Frame::WantBlobs { .. } => "WantBlobs",
         Frame::Blob { .. } => "Blob",
         Frame::Later { .. } => "Later",
+        Frame::WantPart { .. } => "WantPart",
+        Frame::BlobPart { .. } => "BlobPart",
         Frame::Close { .. } => "Close",
         Frame::Missing { .. } => "Missing",
         Frame::Applied { .. } => "Applied",

@@ -57,6 +57,22 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|hashes| Frame::Missing { hashes }),
         prop::collection::vec(hash().prop_map(BlobHash), 0..4)
             .prop_map(|hashes| Frame::Later { hashes }),
+        (hash(), any::<u64>()).prop_map(|(h, offset)| Frame::WantPart {
+            hash: BlobHash(h),
+            offset
+        }),
+        (
+            hash(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..100)
+        )
+            .prop_map(|(h, total, offset, data)| Frame::BlobPart {
+                hash: BlobHash(h),
+                total,
+                offset,
+                data
+            }),
         prop::collection::vec(hash().prop_map(ChangeHash), 0..4)
             .prop_map(|hashes| Frame::Applied { hashes }),
         (any::<u16>(), "[ -~]{0,20}").prop_map(|(code, reason)| Frame::Close { code, reason }),

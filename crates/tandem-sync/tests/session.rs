@@ -160,6 +160,75 @@ fn large_bodies_are_answered_within_a_byte_budget() {
 }
 
 #[test]
+fn large_bodies_travel_in_parts_and_a_cut_transfer_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = store(&d.path().join("a"), 0);
+    let mut b = store(&d.path().join("b"), 1);
+    let cfg = SessionConfig {
+        part_bytes: 64 << 10,
+        ..SessionConfig::default()
+    };
+    let ib = a.mailbox_id("alice", "INBOX").unwrap();
+    let raw = format!("Subject: big\r\n\r\n{}\r\n", "p".repeat(300_000)).into_bytes();
+    a.append("alice", &ib, &raw, &[], 0, Timestamp(1_800_000_000_000))
+        .unwrap();
+    let h = view(&a)[0].1;
+    let now = Timestamp(1_800_000_001_000);
+
+    // First connection: cut after two parts reached B.
+    let (mut sa, mut sb) = (Session::new(&a, cfg.clone()), Session::new(&b, cfg.clone()));
+    let mut parts = 0;
+    'cut: loop {
+        while let Some(f) = sa.poll_frame() {
+            if let Frame::BlobPart { data, .. } = &f {
+                assert!(data.len() <= 64 << 10, "a part is at most part_bytes");
+                parts += 1;
+            }
+            sb.handle_frame(&mut b, f, now);
+            if parts == 2 {
+                break 'cut;
+            }
+        }
+        let mut moved = false;
+        while let Some(f) = sb.poll_frame() {
+            sa.handle_frame(&mut a, f, now);
+            moved = true;
+        }
+        assert!(moved, "stalled before two parts");
+    }
+    assert_eq!(b.partial_blob_len(&h), 128 << 10);
+    assert!(
+        view(&b).is_empty(),
+        "a message is not shown before its whole body is here"
+    );
+
+    // Second connection: B asks for the rest from where it stopped, not from the start.
+    let (mut sa, mut sb) = (Session::new(&a, cfg.clone()), Session::new(&b, cfg));
+    let mut first_offset = None;
+    loop {
+        let mut moved = false;
+        while let Some(f) = sa.poll_frame() {
+            if let Frame::BlobPart { offset, .. } = &f {
+                first_offset.get_or_insert(*offset);
+            }
+            sb.handle_frame(&mut b, f, now);
+            moved = true;
+        }
+        while let Some(f) = sb.poll_frame() {
+            sa.handle_frame(&mut a, f, now);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(first_offset, Some(128 << 10), "resumed, not restarted");
+    assert_eq!(view(&b), view(&a));
+    assert_eq!(b.message_bytes(&h).unwrap(), raw);
+    assert!(sa.closed().is_none() && sb.closed().is_none());
+}
+
+#[test]
 fn a_local_write_is_pushed_without_waiting_for_a_timer() {
     let mut p = pair();
     let now = Timestamp(1_800_000_001_000);
