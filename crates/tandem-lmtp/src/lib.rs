@@ -12,5 +12,5 @@
 mod server;
 mod session;
 
-pub use server::{ChangeHook, Durability, Lmtp, LmtpConfig, PeerWait, Resolver};
+pub use server::{ChangeHook, Durability, Lmtp, LmtpConfig, LmtpListener, PeerWait, Resolver};
 pub use session::{Delivery, DeliveryError, Event, LmtpSession, Recipient, SessionConfig};

@@ -7,11 +7,53 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tandem_store::{BlobHash, ChangeHash, Error as StoreError, Store, Timestamp};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::session::{Delivery, DeliveryError, Event, LmtpSession, SessionConfig};
+
+/// Where LMTP is served: a TCP socket (Postfix's `lmtp:inet:host:port`) or a unix socket
+/// (`lmtp:unix:/path`). `TcpListener` and `UnixListener` convert into it.
+#[derive(Debug)]
+pub enum LmtpListener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A unix socket (whoever bound it removes its file).
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for LmtpListener {
+    fn from(l: TcpListener) -> Self {
+        LmtpListener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for LmtpListener {
+    fn from(l: UnixListener) -> Self {
+        LmtpListener::Unix(l)
+    }
+}
+
+/// One accepted connection, whatever the socket.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+impl LmtpListener {
+    async fn accept(&self) -> io::Result<(Box<dyn Conn>, String)> {
+        match self {
+            LmtpListener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Box::new(s), peer.to_string()))
+            }
+            LmtpListener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), "unix socket".to_owned()))
+            }
+        }
+    }
+}
 
 /// Maps a recipient address to the account it delivers to; `None` for an unknown recipient.
 pub type Resolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -181,10 +223,11 @@ impl Lmtp {
     }
 
     /// Accepts connections until [`Lmtp::shutdown`].
-    pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
+    pub async fn serve(&self, listener: impl Into<LmtpListener>) -> io::Result<()> {
+        let listener = listener.into();
         let mut shutdown = self.shared.shutdown.subscribe();
         loop {
-            let (tcp, peer) = tokio::select! {
+            let (conn, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -195,11 +238,10 @@ impl Lmtp {
                 },
                 _ = wait_shutdown(&mut shutdown) => return Ok(()),
             };
-            let _ = tcp.set_nodelay(true);
             let shared = self.shared.clone();
             shared.connections.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let r = connection(shared.clone(), tcp).await;
+                let r = connection(shared.clone(), conn).await;
                 shared.connections.fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "LMTP connection ended");
@@ -317,8 +359,8 @@ async fn confirm(
     out
 }
 
-async fn connection(shared: Arc<Shared>, tcp: TcpStream) -> io::Result<()> {
-    let (r, mut w) = tcp.into_split();
+async fn connection(shared: Arc<Shared>, conn: Box<dyn Conn>) -> io::Result<()> {
+    let (r, mut w) = tokio::io::split(conn);
     let mut r = BufReader::new(r);
     let mut session = LmtpSession::new(shared.cfg.session.clone());
     let mut shutdown = shared.shutdown.subscribe();

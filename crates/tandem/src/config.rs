@@ -28,7 +28,8 @@ pub const DEFAULT_CONFIG: &str = r#"# Tandem configuration. Every key is optiona
 # plaintext = "loopback"
 
 [lmtp]
-# LMTP listeners (what Postfix's lmtp: transport talks to).
+# LMTP listeners (what Postfix's lmtp: transport talks to): "host:port" for lmtp:inet:, or
+# "unix:/absolute/path" for lmtp:unix: (a socket file, mode 0666, removed on shutdown).
 # listen = ["127.0.0.1:24"]
 # Largest message accepted, in bytes.
 # max_message_size = 67108864
@@ -286,6 +287,14 @@ impl Config {
             ));
         }
         for (i, l) in self.lmtp.listen.iter().enumerate() {
+            if let Some(path) = l.strip_prefix("unix:") {
+                if !path.starts_with('/') {
+                    return err(format!(
+                        "lmtp.listen[{i}]: {l:?}: a unix socket needs an absolute path (unix:/run/tandem/lmtp)"
+                    ));
+                }
+                continue;
+            }
             addr(&format!("lmtp.listen[{i}]"), l)?;
         }
         if self.sync.reconnect_max_secs == 0 || self.sync.reconnect_max_secs > 3600 {
@@ -383,6 +392,7 @@ mod tests {
         assert!(e("[lmtp]\ndurability = \"sometimes\"").contains("lmtp.durability"));
         assert!(e("[lmtp]\npeer_timeout_secs = 0").contains("lmtp.peer_timeout_secs"));
         assert!(e("[sync]\nreconnect_max_secs = 0").contains("sync.reconnect_max_secs"));
+        assert!(e("[lmtp]\nlisten = [\"unix:relative\"]").contains("absolute path"));
         assert!(e("[imap]\nplaintext = \"maybe\"").contains("imap.plaintext"));
         assert!(e("[imap]\nlisten = [\"nowhere\"]").contains("imap.listen[0]"));
         assert!(e("[imap]\ntls_cert = \"/x\"").contains("imap.tls_key"));

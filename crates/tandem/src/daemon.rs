@@ -129,7 +129,9 @@ pub struct Running {
     /// Where IMAP listens (plain listeners first, then TLS ones).
     pub imap_addrs: Vec<SocketAddr>,
     /// Where LMTP listens.
-    pub lmtp_addrs: Vec<SocketAddr>,
+    pub lmtp_addrs: Vec<String>,
+    /// Unix socket files of the LMTP listeners, removed on stop.
+    pub lmtp_sockets: Vec<PathBuf>,
     /// Where sync listens.
     pub sync_addr: Option<SocketAddr>,
     /// Where the metrics endpoint listens.
@@ -192,6 +194,26 @@ async fn bind(key: &str, a: &str) -> Result<TcpListener, String> {
     TcpListener::bind(sa)
         .await
         .map_err(|e| format!("cannot listen on {a} ({key}): {e}"))
+}
+
+/// A unix socket for LMTP (Postfix's `lmtp:unix:`). A socket file left by an earlier run is
+/// replaced; any other file there is an error. Mode 0666, like a loopback TCP port: any local
+/// user may connect (restrict the directory to restrict it).
+fn bind_unix(key: &str, path: &Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "cannot listen on unix:{} ({key}): a file that is not a socket is in the way",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on unix:{} ({key}): {e}", path.display()))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
+    Ok(l)
 }
 
 fn peer_config(p: &PeerEntry) -> Option<PeerConfig> {
@@ -342,9 +364,23 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
         }
     }
     let mut lmtp_addrs = Vec::new();
+    let mut lmtp_sockets = Vec::new();
     for (idx, a) in cfg.lmtp.listen.iter().enumerate() {
-        let l = bind(&format!("lmtp.listen[{idx}]"), a).await?;
-        lmtp_addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+        let key = format!("lmtp.listen[{idx}]");
+        let l: tandem_lmtp::LmtpListener = match a.strip_prefix("unix:") {
+            Some(path) => {
+                let l = bind_unix(&key, Path::new(path))?;
+                lmtp_sockets.push(PathBuf::from(path));
+                l.into()
+            }
+            None => bind(&key, a).await?.into(),
+        };
+        lmtp_addrs.push(match &l {
+            tandem_lmtp::LmtpListener::Tcp(t) => {
+                t.local_addr().map_err(|e| e.to_string())?.to_string()
+            }
+            tandem_lmtp::LmtpListener::Unix(_) => a.clone(),
+        });
         let s = lmtp.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = s.serve(l).await {
@@ -360,6 +396,7 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
         lmtp,
         imap_addrs,
         lmtp_addrs,
+        lmtp_sockets,
         sync_addr: None,
         metrics_addr: None,
         tasks,
@@ -503,6 +540,9 @@ impl Running {
         self.node.shutdown().await;
         for t in &self.tasks {
             t.abort();
+        }
+        for p in &self.lmtp_sockets {
+            let _ = std::fs::remove_file(p);
         }
         // A last compaction is not needed: the journal is replayed on open.
         let _ = lock(&self.store).change_counter();

@@ -560,3 +560,53 @@ fn drill_sigkill_during_lmtp_storms_loses_and_duplicates_nothing() {
         acked.len()
     );
 }
+
+/// Postfix's `lmtp:unix:` transport: a unix socket listener, replaced after a crash left its
+/// file behind, removed on a clean stop.
+#[test]
+fn lmtp_over_a_unix_socket() {
+    let mut a = Node::new(0);
+    let sock = a.path().join("lmtp.sock");
+    let conf = a.path().join("tandem.toml");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    let tcp = format!("listen = [\"127.0.0.1:{}\"]", a.lmtp);
+    assert!(text.contains(&tcp));
+    std::fs::write(
+        &conf,
+        text.replace(
+            &tcp,
+            &format!(
+                "listen = [\"127.0.0.1:{}\", \"unix:{}\"]",
+                a.lmtp,
+                sock.display()
+            ),
+        ),
+    )
+    .expect("config");
+    let send = |id: &str| {
+        python(
+            r#"
+import smtplib, sys
+c = smtplib.LMTP(sys.argv[1])
+c.sendmail("x@example.org", ["alice@example.com"], ("Subject: unix\r\nMessage-ID: <%s>\r\n\r\nhi\r\n" % sys.argv[2]).encode())
+c.quit()
+"#,
+            &[sock.display().to_string(), id.to_owned()],
+        )
+    };
+    a.start();
+    send("unix1@example.org");
+    // A crash leaves the socket file; the next start replaces it.
+    let c = a.child.as_mut().expect("running");
+    let _ = c.kill();
+    let _ = c.wait();
+    a.child = None;
+    assert!(sock.exists());
+    a.start();
+    send("unix2@example.org");
+    let ids = message_ids(a.imap);
+    assert_eq!(ids.get("<unix1@example.org>"), Some(&1));
+    assert_eq!(ids.get("<unix2@example.org>"), Some(&1));
+    assert!(a.sigterm().success());
+    assert!(!sock.exists(), "a clean stop removes the socket file");
+}
