@@ -232,6 +232,23 @@ impl Node {
         }
     }
 
+    /// Stops trusting a node: its live connection is closed, it is no longer dialed, and its
+    /// next handshake is refused (so it shows as pending if it keeps trying). Returns whether
+    /// it was a peer.
+    pub fn remove_peer(&self, id: &NodeId) -> bool {
+        let was = match self.inner.peers.write() {
+            Ok(mut p) => p.remove(id).is_some(),
+            Err(_) => false,
+        };
+        if let Some((conn, _)) = lock(&self.inner.conns).remove(id) {
+            conn.close(
+                quinn::VarInt::from_u32(CloseCode::Done as u32),
+                b"no longer a peer",
+            );
+        }
+        was
+    }
+
     /// Tells the node that the store was written locally: connected peers get the changes now.
     pub fn notify_local_change(&self) {
         // Remember when this write happened, to measure how long until a peer holds it.

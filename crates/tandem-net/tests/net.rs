@@ -162,6 +162,27 @@ async fn a_large_body_crosses_in_parts_over_quic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_peer_is_disconnected_and_refused() {
+    let a = TestNode::start(0).await;
+    let b = TestNode::start(1).await;
+    a.trust(&b, true);
+    b.trust(&a, true);
+    eventually("connected", || a.node.connected() == vec![b.id()]).await;
+    assert!(a.node.remove_peer(&b.id()));
+    eventually("B is refused and pending on A", || {
+        a.node.pending().iter().any(|p| p.id == b.id())
+    })
+    .await;
+    assert!(a.node.connected().is_empty());
+    // Writes on B no longer reach A.
+    let h = b.append(7);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!a.has(&h));
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_relays_through_the_middle_node() {
     let a = TestNode::start(0).await;
     let b = TestNode::start(1).await;

@@ -428,10 +428,18 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
     // Chores: users and peers files edited by the CLI take effect without a restart; nodes
     // that were refused are written down for `tandem peer pending`.
     let (imap2, node2, paths2) = (running.imap.clone(), running.node.clone(), paths.clone());
+    let cfg_peers = cfg.sync.peers.clone();
     let users2 = shared_users;
     running.tasks.push(tokio::spawn(async move {
         let mut users_seen = mtime(&paths2.users());
         let mut peers_seen = mtime(&paths2.peers());
+        // Peers from peers.toml as last loaded; one that disappears from it is dropped (unless
+        // tandem.toml names it too).
+        let static_peers: std::collections::BTreeSet<String> =
+            cfg_peers.iter().map(|p| p.id.clone()).collect();
+        let mut file_peers: std::collections::BTreeSet<String> = PeersFile::load(&paths2.peers())
+            .map(|f| f.peers.into_iter().map(|p| p.id).collect())
+            .unwrap_or_default();
         let mut pending_written = String::new();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -455,6 +463,19 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
                         for p in f.peers.iter().filter_map(peer_config) {
                             node2.add_peer(p);
                         }
+                        let now: std::collections::BTreeSet<String> =
+                            f.peers.iter().map(|p| p.id.clone()).collect();
+                        for gone in file_peers.difference(&now) {
+                            if static_peers.contains(gone) {
+                                continue;
+                            }
+                            if let Ok(id) = gone.parse::<NodeId>()
+                                && node2.remove_peer(&id)
+                            {
+                                tracing::info!(peer = %id, "peer removed; disconnected");
+                            }
+                        }
+                        file_peers = now;
                         tracing::info!("peers reloaded");
                     }
                     Err(e) => tracing::error!(error = %e, "peers file not reloaded"),

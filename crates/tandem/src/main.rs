@@ -145,7 +145,7 @@ enum PeerCmd {
         /// host:port addresses of its sync listener.
         addresses: Vec<String>,
     },
-    /// Stop trusting a node (takes effect when the daemon restarts).
+    /// Stop trusting a node (a running daemon drops its connection within a second).
     Remove {
         /// Its node ID.
         id: String,
@@ -398,7 +398,7 @@ fn peer(cli: &Cli, cmd: &PeerCmd) -> Result<(), String> {
                 return Err(format!("{id} is not in {}", paths.peers().display()));
             }
             file.save(&paths.peers())?;
-            println!("removed {id}; restart the daemon to drop a live connection");
+            println!("removed {id}; a running daemon disconnects it within a second");
         }
         PeerCmd::List => {
             let cfg = load_config(cli)?;

@@ -109,18 +109,33 @@ fn an_unknown_node_is_pending_until_accepted() {
     }
     ok(&tandem(a.path(), &["peer", "accept", &b_id]));
     python(DELIVER, &[b.lmtp.to_string(), "1".into(), "1".into()]);
-    let t = Instant::now();
-    loop {
+    let messages = |n: u32| {
         let r = imap(a.imap, &["STATUS INBOX (MESSAGES)"]);
-        if r.iter().any(|l| l.contains("MESSAGES 1")) {
-            break;
-        }
+        r.iter().any(|l| l.contains(&format!("MESSAGES {n}")))
+    };
+    let t = Instant::now();
+    while !messages(1) {
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "accepted peer did not sync: {r:?}"
+            "accepted peer did not sync"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Removed again while connected: the running daemon drops it, and it is pending again.
+    std::thread::sleep(Duration::from_millis(600));
+    ok(&tandem(a.path(), &["peer", "remove", &b_id]));
+    let t = Instant::now();
+    while !ok(&tandem(a.path(), &["peer", "pending"])).contains(&b_id) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "a removed peer was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    python(DELIVER, &[b.lmtp.to_string(), "2".into(), "1".into()]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(messages(1), "nothing reaches A from a removed peer");
 }
 
 #[test]
