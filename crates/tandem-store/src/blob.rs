@@ -282,7 +282,13 @@ impl BlobStore {
                 meta_len: r.u32().ok()?,
                 raw_len: r.u64().ok()?,
             };
-            if loc.end() > pack_len {
+            if loc.meta_len > MAX_META
+                || loc
+                    .off
+                    .checked_add(HDR + u64::from(loc.meta_len))
+                    .and_then(|x| x.checked_add(loc.raw_len))
+                    .is_none_or(|end| end > pack_len)
+            {
                 return None;
             }
             out.push((BlobHash(hash), loc));
@@ -295,6 +301,15 @@ impl BlobStore {
     fn write_index(&self, no: u32, records: &[(BlobHash, Loc)]) {
         let Ok(len) = fs::metadata(self.pack_path(no)).map(|m| m.len()) else {
             return;
+        };
+        // Only what the index still points at: a record found damaged since (marked dead) or
+        // superseded by a later copy stays out.
+        let records: Vec<&(BlobHash, Loc)> = {
+            let index = read(&self.index);
+            records
+                .iter()
+                .filter(|(h, loc)| index.get(h) == Some(loc))
+                .collect()
         };
         let mut w = Writer::new();
         w.raw(b"TDI1");
@@ -319,12 +334,21 @@ impl BlobStore {
 
     /// Indexes the records of pack `no` and returns them; with `verify`, checks every body
     /// against its hash and marks the ones that fail dead.
+    ///
+    /// In durable mode the pack is flushed first: after a crash of the process (not of the
+    /// machine) bytes it wrote but never flushed are still in the page cache and would verify,
+    /// and nothing else would ever flush them before a journal record relies on them.
     fn scan(&self, no: u32, verify: bool) -> Result<Vec<(BlobHash, Loc)>> {
         let path = self.pack_path(no);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        if self.sync {
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let mut magic = [0u8; 4];
-        if len < 4 || file.read_exact_at(&mut magic, 0).is_err() || &magic != PACK_MAGIC {
+        if len > 0
+            && (len < 4 || file.read_exact_at(&mut magic, 0).is_err() || &magic != PACK_MAGIC)
+        {
             // Not a pack we wrote (or its first bytes are gone): its records are still found
             // by searching for their headers.
             self.damaged.fetch_add(1, Ordering::Relaxed);
@@ -348,10 +372,17 @@ impl BlobStore {
             if !h.live {
                 continue;
             }
-            if verify && !self.body_matches(&file, &h.hash, &h.loc) {
-                self.damaged.fetch_add(1, Ordering::Relaxed);
-                self.mark_dead(&h.loc);
-                continue;
+            if verify {
+                match self.body_matches(&file, &h.hash, &h.loc) {
+                    Some(true) => {}
+                    Some(false) => {
+                        self.damaged.fetch_add(1, Ordering::Relaxed);
+                        self.mark_dead(&h.loc);
+                        continue;
+                    }
+                    // Unreadable now: not indexed (a peer sends it again), not marked dead.
+                    None => continue,
+                }
             }
             write(&self.index).insert(h.hash, h.loc);
             records.push((h.hash, h.loc));
@@ -421,12 +452,18 @@ impl BlobStore {
         None
     }
 
-    fn body_matches(&self, file: &File, h: &BlobHash, loc: &Loc) -> bool {
+    /// Whether the body at `loc` matches its hash: `Some(false)` for damage, `None` when it
+    /// could not be read (an I/O error says nothing about the bytes).
+    fn body_matches(&self, file: &File, h: &BlobHash, loc: &Loc) -> Option<bool> {
         let Ok(n) = usize::try_from(loc.raw_len) else {
-            return false;
+            return Some(false);
         };
         let mut raw = vec![0u8; n];
-        file.read_exact_at(&mut raw, loc.raw_at()).is_ok() && BlobHash::of(&raw) == *h
+        match file.read_exact_at(&mut raw, loc.raw_at()) {
+            Ok(()) => Some(BlobHash::of(&raw) == *h),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(false),
+            Err(_) => None,
+        }
     }
 
     /// Overwrites a damaged record's magic with the dead one, so no later open indexes it, and
@@ -685,6 +722,7 @@ impl BlobStore {
                 index.remove(h);
             }
         }
+        lock(&self.meta_cache).remove(h);
         self.damaged.fetch_add(1, Ordering::Relaxed);
         self.mark_dead(loc);
         Error::corrupt(self.pack_path(loc.pack), format!("body {h:?}: {detail}"))
@@ -693,8 +731,11 @@ impl BlobStore {
     fn read_meta(&self, h: &BlobHash) -> Result<MessageMeta> {
         let (loc, file) = self.locate(h)?;
         let mut head = vec![0u8; HDR as usize + loc.meta_len as usize];
-        if file.read_exact_at(&mut head, loc.off).is_err() {
-            return Err(self.damaged_record(h, &loc, "record cut short"));
+        if let Err(e) = file.read_exact_at(&mut head, loc.off) {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(self.damaged_record(h, &loc, "record cut short"));
+            }
+            return Err(Error::io(self.pack_path(loc.pack), e));
         }
         let meta = &head[HDR as usize..];
         let crc = u32::from_le_bytes([head[48], head[49], head[50], head[51]]);
@@ -704,8 +745,10 @@ impl BlobStore {
         {
             return Err(self.damaged_record(h, &loc, "header damaged"));
         }
+        // The CRC holds, so the bytes are as written: a decode failure is a format this
+        // build does not read (a downgrade, say), not damage. Report it, keep the record.
         MessageMeta::decode(&mut Reader::new(meta, "message metadata"))
-            .map_err(|e| self.damaged_record(h, &loc, &e.to_string()))
+            .map_err(|e| Error::corrupt(self.pack_path(loc.pack), e))
     }
 
     /// The metadata of blob `h` (from the cache, or read from the record's header only).
@@ -861,13 +904,16 @@ impl BlobStore {
         Ok((have + data.len() as u64, true))
     }
 
-    /// The whole body of a finished partial transfer, after removing its file. The caller
-    /// checks it against its hash (and stores it); a body that fails starts over.
-    pub(crate) fn take_partial(&self, h: &BlobHash) -> Result<Vec<u8>> {
+    /// The whole body of a finished partial transfer. The caller checks it against its hash
+    /// and stores it, then discards the partial file (also when the check fails).
+    pub(crate) fn read_partial(&self, h: &BlobHash) -> Result<Vec<u8>> {
         let path = self.partial_path(h);
-        let raw = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let _ = fs::remove_file(&path);
-        Ok(raw)
+        fs::read(&path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Forgets the stored parts of body `h`, if any.
+    pub(crate) fn discard_partial(&self, h: &BlobHash) {
+        let _ = fs::remove_file(self.partial_path(h));
     }
 
     /// Where the body of `h` sits: its pack file, and the offset and length of the raw bytes.

@@ -276,12 +276,19 @@ impl Store {
         self.blobs.partial_len(h)
     }
 
+    /// Forgets the stored parts of blob `h` (a peer could not continue them), so the next
+    /// request starts over.
+    pub fn discard_partial_blob(&self, h: &BlobHash) {
+        self.blobs.discard_partial(h);
+    }
+
     /// Stores a part of blob `h` received from a peer: `data` at `offset` of a `total`-byte
     /// body. A part not starting where the stored bytes end is ignored. When the last part
     /// arrives the whole body is checked against `h` and stored as [`Store::put_blob`] does
     /// (instances waiting for it are shown); if it does not match, the parts are discarded and
-    /// [`Error::BlobHashMismatch`] returned. A part that does not fit (past `total`, or a
-    /// `total` above `max_message_size`) is [`Error::InvalidPart`].
+    /// [`Error::BlobHashMismatch`] returned. A part that does not fit (past `total`) is
+    /// [`Error::InvalidPart`]; a `total` above `max_message_size` is
+    /// [`Error::MessageTooLarge`].
     pub fn put_blob_part(
         &mut self,
         h: &BlobHash,
@@ -294,9 +301,10 @@ impl Store {
             return Ok(PartProgress::Complete);
         }
         if total > self.cfg.max_message_size {
-            return Err(Error::InvalidPart(format!(
-                "a {total} byte body is above max_message_size"
-            )));
+            return Err(Error::MessageTooLarge {
+                size: total,
+                limit: self.cfg.max_message_size,
+            });
         }
         let (have, stored) = self.blobs.put_part(h, total, offset, data)?;
         if !stored {
@@ -305,8 +313,17 @@ impl Store {
         if have < total {
             return Ok(PartProgress::Stored { next: have });
         }
-        let raw = self.blobs.take_partial(h)?;
-        self.put_blob(h, &raw, now)?;
+        let raw = self.blobs.read_partial(h)?;
+        match self.put_blob(h, &raw, now) {
+            // Stored (or refused as not matching its hash): the parts are done with. Any other
+            // failure (a full disk) keeps them, to finish from them later.
+            Ok(()) => {}
+            Err(e @ Error::BlobHashMismatch { .. }) => {
+                self.blobs.discard_partial(h);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         Ok(PartProgress::Complete)
     }
 
@@ -314,6 +331,8 @@ impl Store {
     /// instances that were waiting for it (with the same fix-ups as a merge).
     pub fn put_blob(&mut self, h: &BlobHash, raw: &[u8], now: Timestamp) -> Result<()> {
         self.blobs.put_verified(h, raw)?;
+        // Had it been arriving in parts (from another peer, say), those are not needed now.
+        self.blobs.discard_partial(h);
         let Some(waiting) = self.pending.remove(h) else {
             return Ok(());
         };

@@ -780,8 +780,9 @@ fn a_body_in_parts_is_shown_once_whole_and_its_parts_survive_a_restart() {
     // A body above max_message_size is refused before anything is stored.
     assert!(matches!(
         b.put_blob_part(&h2, u64::MAX, 0, b"x", now(8)),
-        Err(Error::InvalidPart(_))
+        Err(Error::MessageTooLarge { .. })
     ));
+    assert_eq!(b.partial_blob_len(&h2), 0);
 }
 
 #[test]

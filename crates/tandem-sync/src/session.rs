@@ -291,8 +291,14 @@ impl Session {
                 let mut missing = Vec::new();
                 let mut later = Vec::new();
                 let mut bytes = 0usize;
-                for h in hashes.into_iter().take(self.cfg.max_blobs_in_flight.max(1)) {
-                    if bytes > 0 && bytes >= self.cfg.max_blob_bytes_per_answer {
+                let mut seen = BTreeSet::new();
+                for (i, h) in hashes.into_iter().enumerate() {
+                    if !seen.insert(h) {
+                        continue; // asked twice in one frame: answered once
+                    }
+                    if i >= self.cfg.max_blobs_in_flight.max(1)
+                        || (bytes > 0 && bytes >= self.cfg.max_blob_bytes_per_answer)
+                    {
                         later.push(h);
                         continue;
                     }
@@ -306,7 +312,8 @@ impl Session {
                         {
                             Ok(data) => {
                                 self.stats.blobs_out += 1;
-                                bytes += data.len();
+                                // The whole body was read to check it: count it all.
+                                bytes = bytes.saturating_add(total as usize);
                                 self.out.push_back(Frame::BlobPart {
                                     hash: h,
                                     total,
@@ -366,8 +373,10 @@ impl Session {
                     data,
                 },
             ) => {
-                if !self.blobs_requested.contains_key(&hash) && store.has_blob(&hash) {
-                    return; // a duplicate
+                // Only parts of bodies asked for: a peer cannot fill the disk with parts of
+                // bodies nobody wants.
+                if !self.blobs_requested.contains_key(&hash) {
+                    return;
                 }
                 match store.put_blob_part(&hash, total, offset, &data, now) {
                     Ok(PartProgress::Complete) => {
@@ -396,6 +405,12 @@ impl Session {
                     Err(StoreError::InvalidPart(why)) => {
                         self.close(CloseCode::BadData, format!("body part: {why}"));
                     }
+                    // Larger than this store accepts (the peer's limit is higher): it stays
+                    // missing here, as after a Missing answer, and the session goes on.
+                    Err(StoreError::MessageTooLarge { .. }) => {
+                        self.blobs_requested.remove(&hash);
+                        self.peer_lacks.insert(hash);
+                    }
                     Err(e) => self.fail_store(e),
                 }
             }
@@ -413,6 +428,9 @@ impl Session {
                 for h in hashes {
                     self.blobs_requested.remove(&h);
                     self.peer_lacks.insert(h);
+                    // Parts it cannot continue (or that another peer left longer than the
+                    // body): start over with whoever has it.
+                    store.discard_partial_blob(&h);
                 }
                 self.request_blobs(store, now);
             }

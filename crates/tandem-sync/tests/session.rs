@@ -229,6 +229,44 @@ fn large_bodies_travel_in_parts_and_a_cut_transfer_resumes() {
 }
 
 #[test]
+fn parts_nobody_asked_for_are_dropped_and_a_repeated_request_is_answered_once() {
+    let mut p = pair();
+    fill(&mut p.a, 1);
+    let now = Timestamp(1_800_000_001_000);
+    pump(&mut p.a, &mut p.sa, &mut p.b, &mut p.sb, now);
+    // A peer pushing parts of a body B never asked for: nothing is written.
+    let stranger = BlobHash([42; 32]);
+    p.sb.handle_frame(
+        &mut p.b,
+        Frame::BlobPart {
+            hash: stranger,
+            total: 1 << 20,
+            offset: 0,
+            data: vec![0; 4096],
+        },
+        now,
+    );
+    assert_eq!(p.b.partial_blob_len(&stranger), 0);
+    assert!(p.sb.closed().is_none());
+    // The same hash sixteen times in one request: one body in the answer.
+    let h = view(&p.a)[0].1;
+    p.sa.handle_frame(
+        &mut p.a,
+        Frame::WantBlobs {
+            hashes: vec![h; 16],
+        },
+        now,
+    );
+    let mut blobs = 0;
+    while let Some(f) = p.sa.poll_frame() {
+        if matches!(f, Frame::Blob { .. } | Frame::BlobPart { .. }) {
+            blobs += 1;
+        }
+    }
+    assert_eq!(blobs, 1);
+}
+
+#[test]
 fn a_local_write_is_pushed_without_waiting_for_a_timer() {
     let mut p = pair();
     let now = Timestamp(1_800_000_001_000);
