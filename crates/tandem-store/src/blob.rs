@@ -911,6 +911,30 @@ impl BlobStore {
         fs::read(&path).map_err(|e| Error::io(&path, e))
     }
 
+    /// Deletes partial files last written before `before_ms` (milliseconds since the epoch),
+    /// and those of bodies stored since (or not named by a hash); returns how many.
+    pub(crate) fn discard_stale_partials(&self, before_ms: i64) -> usize {
+        let Ok(rd) = fs::read_dir(self.dir.join("partial")) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let hash = e.file_name().to_str().and_then(BlobHash::from_hex);
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX) < before_ms);
+            if (stale || hash.is_none_or(|h| self.contains(&h)))
+                && fs::remove_file(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Forgets the stored parts of body `h`, if any.
     pub(crate) fn discard_partial(&self, h: &BlobHash) {
         let _ = fs::remove_file(self.partial_path(h));

@@ -276,6 +276,14 @@ impl Store {
         self.blobs.partial_len(h)
     }
 
+    /// Deletes the stored parts of transfers not continued for `max_age_ms` before `now` (a
+    /// body whose last peer went away for good), and of bodies stored since; returns how many.
+    /// The daemon calls it hourly with a week.
+    pub fn discard_stale_partial_blobs(&self, now: Timestamp, max_age_ms: i64) -> usize {
+        self.blobs
+            .discard_stale_partials(now.0.saturating_sub(max_age_ms))
+    }
+
     /// Forgets the stored parts of blob `h` (a peer could not continue them), so the next
     /// request starts over.
     pub fn discard_partial_blob(&self, h: &BlobHash) {

@@ -783,6 +783,20 @@ fn a_body_in_parts_is_shown_once_whole_and_its_parts_survive_a_restart() {
         Err(Error::MessageTooLarge { .. })
     ));
     assert_eq!(b.partial_blob_len(&h2), 0);
+
+    // Parts of a transfer abandoned long enough are collected; fresh ones are kept.
+    b.put_blob_part(&h2, 5, 0, b"ab", now(9)).unwrap();
+    let wall = |ms_from_now: i64| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        Timestamp(t + ms_from_now)
+    };
+    assert_eq!(b.discard_stale_partial_blobs(wall(0), 60_000), 0);
+    assert_eq!(b.partial_blob_len(&h2), 2);
+    assert_eq!(b.discard_stale_partial_blobs(wall(120_000), 60_000), 1);
+    assert_eq!(b.partial_blob_len(&h2), 0);
 }
 
 #[test]

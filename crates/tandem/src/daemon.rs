@@ -404,14 +404,32 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
         started: Instant::now(),
         disk_bytes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
-    // The store's size on disk: a walk of every blob file, so in the background, once a minute.
-    let (db, store_dir) = (running.disk_bytes.clone(), paths.store());
+    // The store's size on disk: a walk of the store directory, so in the background, once a
+    // minute. Hourly, parts of body transfers abandoned for a week are deleted.
+    let (db, store_dir, store2) = (
+        running.disk_bytes.clone(),
+        paths.store(),
+        running.store.clone(),
+    );
     running.tasks.push(tokio::spawn(async move {
+        let mut minutes = 0u64;
         loop {
             let d = store_dir.clone();
             if let Ok(n) = tokio::task::spawn_blocking(move || crate::metrics::dir_size(&d)).await {
                 db.store(n, std::sync::atomic::Ordering::Relaxed);
             }
+            if minutes.is_multiple_of(60) {
+                let s = store2.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let n = lock(&s)
+                        .discard_stale_partial_blobs(crate::transfer::now(), 7 * 86_400_000);
+                    if n > 0 {
+                        tracing::info!(files = n, "deleted parts of abandoned body transfers");
+                    }
+                })
+                .await;
+            }
+            minutes += 1;
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
     }));

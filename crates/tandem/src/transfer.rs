@@ -25,7 +25,8 @@ pub struct Report {
 /// Called as messages are stored: (done, total, mailbox).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
 
-fn now() -> Timestamp {
+/// The wall clock as a store timestamp (the store itself has no clock).
+pub(crate) fn now() -> Timestamp {
     Timestamp(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
