@@ -342,8 +342,12 @@ fn section_parts(s: &Option<Section<'_>>) -> (Vec<u32>, SectionKind) {
 /// the stored bytes are not changed). Found by `tests/fuzz.rs`: imap-types refuses (and in
 /// debug builds panics on) a literal with NUL.
 fn literal(mut b: Vec<u8>) -> NString<'static> {
-    for c in b.iter_mut().filter(|c| **c == 0) {
-        *c = 0x80;
+    // `contains` on bytes is a memchr; the byte-by-byte rewrite runs only when there is a NUL.
+    // (Scanning every byte of every body one at a time was a sixth of a `FETCH 1:* BODY[]`.)
+    if b.contains(&0) {
+        for c in b.iter_mut().filter(|c| **c == 0) {
+            *c = 0x80;
+        }
     }
     NString(Some(IString::Literal(
         imap_codec::imap_types::core::Literal::unvalidated(b),
