@@ -373,15 +373,17 @@ impl BlobStore {
                 continue;
             }
             if verify {
-                match self.body_matches(&file, &h.hash, &h.loc) {
-                    Some(true) => {}
-                    Some(false) => {
+                match Self::hash_matches(&file, &h.hash, &h.loc) {
+                    Ok(true) => {}
+                    Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                        // Unreadable now: not indexed (a peer sends it again), not marked dead.
+                        continue;
+                    }
+                    Ok(false) | Err(_) => {
                         self.damaged.fetch_add(1, Ordering::Relaxed);
                         self.mark_dead(&h.loc);
                         continue;
                     }
-                    // Unreadable now: not indexed (a peer sends it again), not marked dead.
-                    None => continue,
                 }
             }
             write(&self.index).insert(h.hash, h.loc);
@@ -452,18 +454,20 @@ impl BlobStore {
         None
     }
 
-    /// Whether the body at `loc` matches its hash: `Some(false)` for damage, `None` when it
-    /// could not be read (an I/O error says nothing about the bytes).
-    fn body_matches(&self, file: &File, h: &BlobHash, loc: &Loc) -> Option<bool> {
-        let Ok(n) = usize::try_from(loc.raw_len) else {
-            return Some(false);
-        };
-        let mut raw = vec![0u8; n];
-        match file.read_exact_at(&mut raw, loc.raw_at()) {
-            Ok(()) => Some(BlobHash::of(&raw) == *h),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(false),
-            Err(_) => None,
+    /// Hashes the body at `loc`, a MiB at a time (a large body is never held whole), and says
+    /// whether it matches `h`. An error is the read's: `UnexpectedEof` means the record is cut
+    /// short; anything else says nothing about the bytes.
+    fn hash_matches(file: &File, h: &BlobHash, loc: &Loc) -> std::io::Result<bool> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; PART_READ.min(loc.raw_len) as usize];
+        let mut at = 0u64;
+        while at < loc.raw_len {
+            let n = (loc.raw_len - at).min(PART_READ) as usize;
+            file.read_exact_at(&mut buf[..n], loc.raw_at() + at)?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
         }
+        Ok(BlobHash(hasher.finalize().into()) == *h)
     }
 
     /// Overwrites a damaged record's magic with the dead one, so no later open indexes it, and
@@ -728,15 +732,29 @@ impl BlobStore {
         Error::corrupt(self.pack_path(loc.pack), format!("body {h:?}: {detail}"))
     }
 
+    /// Reads `buf.len()` bytes of record `loc` (of body `h`) at `at`: a record cut short is
+    /// handled as damage ([`BlobStore::damaged_record`]), any other failure is an I/O error.
+    fn read_record(
+        &self,
+        h: &BlobHash,
+        loc: &Loc,
+        file: &File,
+        buf: &mut [u8],
+        at: u64,
+    ) -> Result<()> {
+        file.read_exact_at(buf, at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.damaged_record(h, loc, "record cut short (truncated?)")
+            } else {
+                Error::io(self.pack_path(loc.pack), e)
+            }
+        })
+    }
+
     fn read_meta(&self, h: &BlobHash) -> Result<MessageMeta> {
         let (loc, file) = self.locate(h)?;
         let mut head = vec![0u8; HDR as usize + loc.meta_len as usize];
-        if let Err(e) = file.read_exact_at(&mut head, loc.off) {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err(self.damaged_record(h, &loc, "record cut short"));
-            }
-            return Err(Error::io(self.pack_path(loc.pack), e));
-        }
+        self.read_record(h, &loc, &file, &mut head, loc.off)?;
         let meta = &head[HDR as usize..];
         let crc = u32::from_le_bytes([head[48], head[49], head[50], head[51]]);
         if &head[..4] != LIVE
@@ -783,12 +801,7 @@ impl BlobStore {
         let n = usize::try_from(loc.raw_len)
             .map_err(|_| self.damaged_record(h, &loc, "length out of range"))?;
         let mut raw = vec![0u8; n];
-        if let Err(e) = file.read_exact_at(&mut raw, loc.raw_at()) {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err(self.damaged_record(h, &loc, "record cut short (truncated?)"));
-            }
-            return Err(Error::io(self.pack_path(loc.pack), e));
-        }
+        self.read_record(h, &loc, &file, &mut raw, loc.raw_at())?;
         if BlobHash::of(&raw) != *h {
             return Err(self.damaged_record(h, &loc, "content does not match its hash"));
         }
@@ -804,24 +817,14 @@ impl BlobStore {
     /// held whole). A damaged body is handled as [`BlobStore::raw`] handles it.
     pub(crate) fn check(&self, h: &BlobHash) -> Result<()> {
         let (loc, file) = self.locate(h)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; PART_READ.min(loc.raw_len) as usize];
-        let mut at = 0u64;
-        while at < loc.raw_len {
-            let n = (loc.raw_len - at).min(PART_READ) as usize;
-            if let Err(e) = file.read_exact_at(&mut buf[..n], loc.raw_at() + at) {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    return Err(self.damaged_record(h, &loc, "record cut short (truncated?)"));
-                }
-                return Err(Error::io(self.pack_path(loc.pack), e));
+        match Self::hash_matches(&file, h, &loc) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.damaged_record(h, &loc, "content does not match its hash")),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(self.damaged_record(h, &loc, "record cut short (truncated?)"))
             }
-            hasher.update(&buf[..n]);
-            at += n as u64;
+            Err(e) => Err(Error::io(self.pack_path(loc.pack), e)),
         }
-        if BlobHash(hasher.finalize().into()) != *h {
-            return Err(self.damaged_record(h, &loc, "content does not match its hash"));
-        }
-        Ok(())
     }
 
     /// Bytes `offset..offset + len` of body `h` (cut at its end), unverified: the receiver
@@ -836,12 +839,7 @@ impl BlobStore {
         }
         let n = len.min(loc.raw_len - offset) as usize;
         let mut buf = vec![0u8; n];
-        if let Err(e) = file.read_exact_at(&mut buf, loc.raw_at() + offset) {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err(self.damaged_record(h, &loc, "record cut short (truncated?)"));
-            }
-            return Err(Error::io(self.pack_path(loc.pack), e));
-        }
+        self.read_record(h, &loc, &file, &mut buf, loc.raw_at() + offset)?;
         Ok(buf)
     }
 
