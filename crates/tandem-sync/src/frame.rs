@@ -162,6 +162,9 @@ struct R<'a> {
 }
 
 impl<'a> R<'a> {
+    fn new(buf: &'a [u8], what: &'static str) -> Self {
+        R { buf, what }
+    }
     fn err(&self) -> FrameError {
         FrameError::Malformed(self.what)
     }
@@ -331,10 +334,7 @@ impl Frame {
     fn decode_body(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
         let frame = match kind {
             1 => {
-                let mut r = R {
-                    buf: p,
-                    what: "Hello",
-                };
+                let mut r = R::new(p, "Hello");
                 let f = Frame::Hello {
                     version: r.u16()?,
                     slot: r.u8()?,
@@ -343,10 +343,7 @@ impl Frame {
                 f
             }
             2 => {
-                let mut r = R {
-                    buf: p,
-                    what: "Manifest",
-                };
+                let mut r = R::new(p, "Manifest");
                 let n = r.count(8)?;
                 let mut docs = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -362,10 +359,7 @@ impl Frame {
                 Frame::Manifest { docs }
             }
             3 => {
-                let mut r = R {
-                    buf: p,
-                    what: "Changes",
-                };
+                let mut r = R::new(p, "Changes");
                 let n = r.count(8)?;
                 let mut docs = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -384,20 +378,14 @@ impl Frame {
                 hashes: blob_list(p, "WantBlobs")?,
             },
             5 => {
-                let mut r = R {
-                    buf: p,
-                    what: "Blob",
-                };
+                let mut r = R::new(p, "Blob");
                 let hash = BlobHash(r.hash()?);
                 let data = r.bytes()?.to_vec();
                 r.end()?;
                 Frame::Blob { hash, data }
             }
             6 => {
-                let mut r = R {
-                    buf: p,
-                    what: "Close",
-                };
+                let mut r = R::new(p, "Close");
                 let code = r.u16()?;
                 let reason = String::from_utf8_lossy(r.bytes()?).into_owned();
                 r.end()?;
@@ -416,20 +404,14 @@ impl Frame {
                 hashes: blob_list(p, "Later")?,
             },
             10 => {
-                let mut r = R {
-                    buf: p,
-                    what: "WantPart",
-                };
+                let mut r = R::new(p, "WantPart");
                 let hash = BlobHash(r.hash()?);
                 let offset = r.u64()?;
                 r.end()?;
                 Frame::WantPart { hash, offset }
             }
             11 => {
-                let mut r = R {
-                    buf: p,
-                    what: "BlobPart",
-                };
+                let mut r = R::new(p, "BlobPart");
                 let hash = BlobHash(r.hash()?);
                 let total = r.u64()?;
                 let offset = r.u64()?;
@@ -450,7 +432,7 @@ impl Frame {
 
 /// A payload that is a count and that many 32-byte hashes (WantBlobs, Missing, Applied).
 fn blob_list(p: &[u8], what: &'static str) -> Result<Vec<BlobHash>, FrameError> {
-    let mut r = R { buf: p, what };
+    let mut r = R::new(p, what);
     let n = r.count(32)?;
     let mut hashes = Vec::with_capacity(n);
     for _ in 0..n {

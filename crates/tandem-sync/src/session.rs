@@ -621,12 +621,12 @@ impl Session {
         }
         self.blobs_requested.extend(want.iter().map(|h| (*h, now)));
         // A body whose transfer in parts was cut resumes where its stored bytes end.
-        let (resume, fresh): (Vec<BlobHash>, Vec<BlobHash>) = want
-            .into_iter()
-            .partition(|h| store.partial_blob_len(h) > 0);
-        for hash in resume {
-            let offset = store.partial_blob_len(&hash);
-            self.out.push_back(Frame::WantPart { hash, offset });
+        let mut fresh = Vec::with_capacity(want.len());
+        for hash in want {
+            match store.partial_blob_len(&hash) {
+                0 => fresh.push(hash),
+                offset => self.out.push_back(Frame::WantPart { hash, offset }),
+            }
         }
         if !fresh.is_empty() {
             self.out.push_back(Frame::WantBlobs { hashes: fresh });
