@@ -187,6 +187,14 @@ def verdict(r, target, lower_is_better=True):
     return ("met" if ok else "**not met**")
 
 
+def figure_table(title, first_column, figs):
+    """A section listing JSON-line figures as they came: name, metric, value with unit."""
+    out = ["### " + title, "", "| %s | figure | value |" % first_column, "|---|---|---|"]
+    for f in figs:
+        out.append("| %s | %s | %s |" % (f["bench"], f["metric"].replace("_", " "), fmt(f["value"], f["unit"])))
+    return out + [""]
+
+
 def main():
     quick = "--quick" in sys.argv
     out_path = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -269,12 +277,12 @@ def main():
         fmt(t, "s"), fmt(d, "s"), fmt(r), verdict(r, 1.0)))
     n_imap = get(imap_runs[0], "imap", "messages")
     per_run = []
-    for label, tm, dm, unit, scale, lower, target in [
-        ("IMAP APPEND of %s × 4 KB, one connection" % fmt(n_imap), "tandem_append_s", "dovecot_append_s", "s", 1, True, 1),
-        ("`FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE)`, median of 21", "tandem_fetch_envelope_ms", "dovecot_fetch_envelope_ms", "ms", 1, True, 1),
-        ("`UID FETCH 1:* BODY.PEEK[]`, median of 21", "tandem_fetch_bodies_ms", "dovecot_fetch_bodies_ms", "ms", 1, True, 1),
-        ("mixed load, 10 clients (throughput)", "tandem_mixed_ops_per_s", "dovecot_mixed_ops_per_s", "ops/s", 1, False, 1),
-        ("IMAP server peak RSS (Dovecot: all its processes)", "tandem_peak_rss", "dovecot_peak_rss", "MiB", 1, True, None),
+    for label, tm, dm, unit, lower, target in [
+        ("IMAP APPEND of %s × 4 KB, one connection" % fmt(n_imap), "tandem_append_s", "dovecot_append_s", "s", True, 1),
+        ("`FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE)`, median of 21", "tandem_fetch_envelope_ms", "dovecot_fetch_envelope_ms", "ms", True, 1),
+        ("`UID FETCH 1:* BODY.PEEK[]`, median of 21", "tandem_fetch_bodies_ms", "dovecot_fetch_bodies_ms", "ms", True, 1),
+        ("mixed load, 10 clients (throughput)", "tandem_mixed_ops_per_s", "dovecot_mixed_ops_per_s", "ops/s", False, 1),
+        ("IMAP server peak RSS (Dovecot: all its processes)", "tandem_peak_rss", "dovecot_peak_rss", "MiB", True, None),
     ]:
         a = median([get(r, "imap", tm) for r in imap_runs])
         b = median([get(r, "imap", dm) for r in imap_runs])
@@ -313,20 +321,8 @@ def main():
     if lags:
         L.append("![replication lag distribution](bench-lag.svg)")
     L.append("")
-    L.append("### Store")
-    L.append("")
-    L.append("| benchmark | figure | value |")
-    L.append("|---|---|---|")
-    for f in store:
-        L.append("| %s | %s | %s |" % (f["bench"], f["metric"].replace("_", " "), fmt(f["value"], f["unit"])))
-    L.append("")
-    L.append("### Drills (real `tandem serve` processes, debug build)")
-    L.append("")
-    L.append("| drill | figure | value |")
-    L.append("|---|---|---|")
-    for f in drills:
-        L.append("| %s | %s | %s |" % (f["bench"], f["metric"].replace("_", " "), fmt(f["value"], f["unit"])))
-    L.append("")
+    L += figure_table("Store", "benchmark", store)
+    L += figure_table("Drills (real `tandem serve` processes, debug build)", "drill", drills)
     L.append(END)
     report = "\n".join(L) + "\n"
 

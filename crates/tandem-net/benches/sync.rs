@@ -264,17 +264,24 @@ fn maildir_files(m: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `doveadm sync` of the same messages from one maildir into an empty one, if Dovecot is here.
-fn dsync(n: u64, tandem_secs: Option<f64>) {
-    if !have_doveadm() {
-        return;
-    }
+/// A temporary directory with a Dovecot configuration whose maildir `src/` holds the
+/// benchmark's messages `0..n`, the same bytes Tandem syncs.
+fn seeded_maildir(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     let conf = dovecot_conf(d.path(), &src);
     for i in 0..n {
         std::fs::write(src.join("cur").join(format!("{i}.bench:2,")), message(i)).unwrap();
     }
+    (d, conf)
+}
+
+/// `doveadm sync` of the same messages from one maildir into an empty one, if Dovecot is here.
+fn dsync(n: u64, tandem_secs: Option<f64>) {
+    if !have_doveadm() {
+        return;
+    }
+    let (d, conf) = seeded_maildir(n);
     let dst = d.path().join("dst");
     let Some(secs) = doveadm_sync(d.path(), &conf, &dst) else {
         return;
@@ -298,13 +305,8 @@ fn dsync_heal(base: u64, appends: u64, flag_changes: u64, tandem_secs: Option<f6
     if !have_doveadm() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    let conf = dovecot_conf(d.path(), &src);
-    for i in 0..base {
-        std::fs::write(src.join("cur").join(format!("{i}.bench:2,")), message(i)).unwrap();
-    }
-    let dst = d.path().join("dst");
+    let (d, conf) = seeded_maildir(base);
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
     if doveadm_sync(d.path(), &conf, &dst).is_none() {
         return;
     }

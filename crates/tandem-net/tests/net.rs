@@ -108,6 +108,15 @@ fn cfg() -> NodeConfig {
     }
 }
 
+/// Nodes A (slot 0) and B (slot 1), each trusting and dialling the other.
+async fn paired() -> (TestNode, TestNode) {
+    let a = TestNode::start(0).await;
+    let b = TestNode::start(1).await;
+    a.trust(&b, true);
+    b.trust(&a, true);
+    (a, b)
+}
+
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -121,10 +130,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_converge_over_quic() {
-    let a = TestNode::start(0).await;
-    let b = TestNode::start(1).await;
-    a.trust(&b, true);
-    b.trust(&a, true);
+    let (a, b) = paired().await;
     let h = a.append(1);
     eventually("B shows A's message", || b.has(&h)).await;
     let h2 = b.append(2);
@@ -137,10 +143,7 @@ async fn two_nodes_converge_over_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_body_crosses_in_parts_over_quic() {
-    let a = TestNode::start(0).await;
-    let b = TestNode::start(1).await;
-    a.trust(&b, true);
-    b.trust(&a, true);
+    let (a, b) = paired().await;
     // 5 MB with 1 MiB parts (the default): six BlobPart frames on the body streams.
     let raw = format!(
         "Subject: attachment\r\n\r\n{}",
@@ -163,10 +166,7 @@ async fn a_large_body_crosses_in_parts_over_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_peer_is_disconnected_and_refused() {
-    let a = TestNode::start(0).await;
-    let b = TestNode::start(1).await;
-    a.trust(&b, true);
-    b.trust(&a, true);
+    let (a, b) = paired().await;
     eventually("connected", || a.node.connected() == vec![b.id()]).await;
     assert!(a.node.remove_peer(&b.id()));
     eventually("B is refused and pending on A", || {
@@ -256,10 +256,7 @@ async fn closed_with(conn: &quinn::Connection) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_are_disconnected_and_the_node_keeps_serving() {
-    let a = TestNode::start(0).await;
-    let b = TestNode::start(1).await;
-    a.trust(&b, true);
-    b.trust(&a, true);
+    let (a, b) = paired().await;
 
     // 1. Garbage on the control stream.
     let m = Identity::generate().unwrap();
@@ -338,10 +335,7 @@ async fn hostile_peers_are_disconnected_and_the_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_with_writes_on_both_sides_heals() {
-    let a = TestNode::start(0).await;
-    let b = TestNode::start(1).await;
-    a.trust(&b, true);
-    b.trust(&a, true);
+    let (a, b) = paired().await;
     let h0 = a.append(0);
     eventually("initial sync", || b.has(&h0)).await;
 

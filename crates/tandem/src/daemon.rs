@@ -421,8 +421,7 @@ pub async fn start(paths: &Paths, cfg: &Config, ov: &Overrides) -> Result<Runnin
             if minutes.is_multiple_of(60) {
                 let s = store2.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let n = lock(&s)
-                        .discard_stale_partial_blobs(crate::transfer::now(), 7 * 86_400_000);
+                    let n = lock(&s).discard_stale_partial_blobs(crate::now(), 7 * 86_400_000);
                     if n > 0 {
                         tracing::info!(files = n, "deleted parts of abandoned body transfers");
                     }

@@ -6,6 +6,16 @@ mod demo;
 mod metrics;
 mod transfer;
 
+/// The wall clock as a store timestamp (the store and the sync logic have no clock of their
+/// own; the daemon and the import/export commands pass it in).
+pub(crate) fn now() -> tandem_store::Timestamp {
+    tandem_store::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    )
+}
+
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use tandem_store::{Flag, NewMessage, Store, Timestamp};
+use crate::now;
+
+use tandem_store::{Flag, NewMessage, Store};
 
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,15 +26,6 @@ pub struct Report {
 
 /// Called as messages are stored: (done, total, mailbox).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
-
-/// The wall clock as a store timestamp (the store itself has no clock).
-pub(crate) fn now() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    )
-}
 
 /// Bare LF line ends become CRLF (IMAP sends messages as stored, and RFC 5322 wants CRLF).
 pub fn crlf(raw: &[u8]) -> Vec<u8> {
